@@ -1,0 +1,39 @@
+//! Every cap on an allocation, a count or a recursion that a hostile image could
+//! otherwise inflate. Parsers compare values read from disk with these before they
+//! allocate or loop; the error names the constant. Values are chosen so that any
+//! real image (up to the formats' own maxima for realistic sizes) fits.
+
+/// Deepest parent/backing chain we follow (a child plus 15 ancestors).
+pub const MAX_CHAIN_DEPTH: usize = 16;
+
+/// Largest virtual disk we accept: 64 TiB (VHDX's own maximum; qcow2 and VMDK can
+/// state more, but no hypervisor creates such disks and the tables would be huge).
+pub const MAX_VIRTUAL_SIZE: u64 = 64 << 40;
+
+/// Largest single metadata table (BAT, L1, grain directory, ...) read into memory:
+/// 256 MiB. A 64 TiB VHDX with 1 MiB blocks needs a 512 MiB BAT... but with the
+/// default 32 MiB blocks only 16 MiB; qcow2 L1 for 64 TiB at 64 KiB clusters is 8 MiB.
+pub const MAX_TABLE_BYTES: u64 = 256 << 20;
+
+/// Largest text descriptor (VMDK) or metadata blob we read whole: 1 MiB.
+pub const MAX_DESCRIPTOR_BYTES: u64 = 1 << 20;
+
+/// Most extents in one VMDK descriptor (twoGbMaxExtent* of a 64 TiB disk is 32768).
+pub const MAX_VMDK_EXTENTS: usize = 65_536;
+
+/// Largest grain / cluster / block we decompress into memory: 2 MiB for qcow2
+/// clusters and VMDK grains (their formats' maxima); VHDX blocks are not buffered.
+pub const MAX_GRAIN_BYTES: u64 = 2 << 20;
+
+/// Most entries in the VHDX log replayed in memory, and most bytes they may carry.
+pub const MAX_VHDX_LOG_ENTRIES: usize = 65_536;
+pub const MAX_VHDX_LOG_BYTES: u64 = 1 << 30;
+
+/// Most VHDX metadata items / region table entries (the spec caps both at 2047).
+pub const MAX_VHDX_TABLE_ENTRIES: u32 = 2047;
+
+/// Most qcow2 internal snapshots listed, and the largest snapshot table read.
+pub const MAX_QCOW2_SNAPSHOTS: u32 = 65_536;
+
+/// Longest parent / backing file name stored in a header (bytes).
+pub const MAX_PARENT_NAME_BYTES: u64 = 64 * 1024;

@@ -1,0 +1,1 @@
+//! qcow2: placeholder, filled by its module owner.

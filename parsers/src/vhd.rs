@@ -1,0 +1,1 @@
+//! vhd: placeholder, filled by its module owner.

@@ -1,0 +1,1 @@
+//! vhdx: placeholder, filled by its module owner.

@@ -1,0 +1,1 @@
+//! vmdk: placeholder, filled by its module owner.

@@ -1,0 +1,83 @@
+//! The application error: the parser's cause plus the context a user acts on
+//! (which file, which layer of a chain, which operation).
+
+use std::path::PathBuf;
+
+use vmback_parsers::ParseError;
+
+/// Result with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong outside the parsers, with enough context to act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O failure on a named file.
+    #[error("{path}: {op}")]
+    Io {
+        path: PathBuf,
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A structure inside an image file is invalid or unsupported.
+    #[error("{path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: ParseError,
+    },
+
+    /// A file that an image refers to (extent, parent, backing file) is not there.
+    #[error("{what} {missing} (referenced by {referenced_by}) cannot be opened")]
+    Missing {
+        what: &'static str,
+        missing: PathBuf,
+        referenced_by: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A parent chain is too deep, loops, or does not fit together.
+    #[error("{path}: parent chain: {reason}")]
+    Chain { path: PathBuf, reason: String },
+
+    /// A read beyond the end of a virtual disk (a caller bug or a bad request).
+    #[error(
+        "{path}: read of {len} bytes at offset {offset:#x} is beyond the virtual size {size:#x}"
+    )]
+    OutOfRange {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
+
+    /// Valid input that vmback does not handle (yet).
+    #[error("{path}: unsupported: {feature}")]
+    Unsupported { path: PathBuf, feature: String },
+
+    /// Bad command-line usage detected after parsing (exit code 2).
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    /// An I/O error on `path` during `op` (e.g. "read 512 bytes at offset 0x200").
+    pub fn io(path: impl Into<PathBuf>, op: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            op: op.into(),
+            source,
+        }
+    }
+
+    /// A parse error of a structure inside `path`.
+    pub fn parse(path: impl Into<PathBuf>, source: ParseError) -> Self {
+        Error::Parse {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! vhdx layer: placeholder until its module owner lands it.
+
+use super::Layer;
+use crate::error::{Error, Result};
+use crate::io::FileSource;
+
+/// Opens a vhdx image.
+pub fn open(src: FileSource) -> Result<Box<dyn Layer>> {
+    Err(Error::Unsupported {
+        path: src.path().to_path_buf(),
+        feature: "vhdx images (not implemented yet)".into(),
+    })
+}

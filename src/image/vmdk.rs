@@ -1,0 +1,13 @@
+//! vmdk layer: placeholder until its module owner lands it.
+
+use super::Layer;
+use crate::error::{Error, Result};
+use crate::io::FileSource;
+
+/// Opens a vmdk image.
+pub fn open(src: FileSource) -> Result<Box<dyn Layer>> {
+    Err(Error::Unsupported {
+        path: src.path().to_path_buf(),
+        feature: "vmdk images (not implemented yet)".into(),
+    })
+}

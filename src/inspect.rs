@@ -1,0 +1,159 @@
+//! `vmback inspect`: what an image is, layer by layer, and what the user should know.
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::image::{Disk, DiskImage, Format, LayerInfo, ParentRef, RunKind};
+use crate::io::ReadAt;
+
+/// The report of one layer.
+#[derive(Debug, Serialize)]
+pub struct LayerReport {
+    pub path: String,
+    pub format: Format,
+    pub subformat: String,
+    pub virtual_size: u64,
+    pub files: Vec<String>,
+    pub parent: Option<ParentRef>,
+    pub identity: Option<String>,
+    /// Bytes this layer stores as data.
+    pub allocated_bytes: u64,
+    /// Bytes this layer marks as explicitly zero.
+    pub zero_bytes: u64,
+    pub details: Vec<(String, String)>,
+    pub warnings: Vec<String>,
+}
+
+/// The report of a whole image.
+#[derive(Debug, Serialize)]
+pub struct ImageReport {
+    pub path: String,
+    pub format: Format,
+    pub subformat: String,
+    pub virtual_size: u64,
+    /// Bytes of the virtual disk backed by data in some layer.
+    pub allocated_bytes: u64,
+    pub layers: Vec<LayerReport>,
+    pub warnings: Vec<String>,
+}
+
+/// Builds the report (walks the allocation maps; reads no data).
+pub fn inspect(disk: &Disk) -> Result<ImageReport> {
+    let mut layers = Vec::new();
+    for (level, info) in disk.layers().enumerate() {
+        let (mut allocated, mut zero) = (0, 0);
+        for e in disk.layer_extents(level, 0..info.virtual_size)? {
+            match e.kind {
+                RunKind::Data => allocated += e.len,
+                RunKind::Zero => zero += e.len,
+                RunKind::Unallocated => {}
+            }
+        }
+        layers.push(layer_report(info, allocated, zero));
+    }
+    let allocated = disk
+        .extents(0..disk.size())?
+        .iter()
+        .filter(|e| e.kind == RunKind::Data)
+        .map(|e| e.len)
+        .sum();
+    // OK: a Disk has at least one layer.
+    let top = &layers[0];
+    Ok(ImageReport {
+        path: top.path.clone(),
+        format: top.format,
+        subformat: top.subformat.clone(),
+        virtual_size: disk.size(),
+        allocated_bytes: allocated,
+        warnings: disk.warnings().to_vec(),
+        layers,
+    })
+}
+
+fn layer_report(info: &LayerInfo, allocated_bytes: u64, zero_bytes: u64) -> LayerReport {
+    LayerReport {
+        path: info.path.display().to_string(),
+        format: info.format,
+        subformat: info.subformat.clone(),
+        virtual_size: info.virtual_size,
+        files: info.files.iter().map(|f| f.display().to_string()).collect(),
+        parent: info.parent.clone(),
+        identity: info.identity.clone(),
+        allocated_bytes,
+        zero_bytes,
+        details: info.details.clone(),
+        warnings: info.warnings.clone(),
+    }
+}
+
+/// Human-readable rendering.
+pub fn render(r: &ImageReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "image:        {}", r.path);
+    let _ = writeln!(s, "format:       {} ({})", r.format, r.subformat);
+    let _ = writeln!(
+        s,
+        "virtual size: {} ({} bytes)",
+        human(r.virtual_size),
+        r.virtual_size
+    );
+    let _ = writeln!(
+        s,
+        "allocated:    {} ({} bytes)",
+        human(r.allocated_bytes),
+        r.allocated_bytes
+    );
+    let _ = writeln!(s, "chain:        {} layer(s)", r.layers.len());
+    for (i, l) in r.layers.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "  [{i}] {} — {} {} , {} data, {} zero",
+            l.path,
+            l.format,
+            l.subformat,
+            human(l.allocated_bytes),
+            human(l.zero_bytes)
+        );
+        for f in l.files.iter().filter(|f| **f != l.path) {
+            let _ = writeln!(s, "      file: {f}");
+        }
+        if let Some(id) = &l.identity {
+            let _ = writeln!(s, "      identity: {id}");
+        }
+        if let Some(p) = &l.parent {
+            let _ = writeln!(
+                s,
+                "      parent: {}{}",
+                p.names.join(" | "),
+                p.expected_identity
+                    .as_ref()
+                    .map(|i| format!(" (expects {i})"))
+                    .unwrap_or_default()
+            );
+        }
+        for (k, v) in &l.details {
+            let _ = writeln!(s, "      {k}: {v}");
+        }
+    }
+    for w in &r.warnings {
+        let _ = writeln!(s, "warning: {w}");
+    }
+    s
+}
+
+/// 1536 -> "1.5 KiB".
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

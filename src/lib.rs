@@ -1,0 +1,15 @@
+//! vmback: image-level backup of virtual machine disks and granular restore.
+//!
+//! Layers, bottom up (see DESIGN.md): [`io`] (positional reads), [`image`] (disk image
+//! containers and their parent chains, as one virtual disk), and the front ends
+//! ([`export`], [`inspect`]). Parsing of on-disk structures lives in the pure
+//! `vmback-parsers` crate; this crate does the I/O around it.
+
+pub mod error;
+pub mod export;
+pub mod image;
+pub mod inspect;
+pub mod io;
+pub mod progress;
+
+pub use error::{Error, Result};
