@@ -11,5 +11,6 @@ pub mod image;
 pub mod inspect;
 pub mod io;
 pub mod progress;
+pub mod volume;
 
 pub use error::{Error, Result};
