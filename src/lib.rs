@@ -5,6 +5,7 @@
 //! ([`export`], [`inspect`]). Parsing of on-disk structures lives in the pure
 //! `vmback-parsers` crate; this crate does the I/O around it.
 
+pub mod cli;
 pub mod error;
 pub mod export;
 pub mod image;
