@@ -17,9 +17,9 @@
 use std::path::Path;
 
 use vmback_parsers::vhd::{
-    bitmap_run, decode_locator, parse_bat, parse_dynamic_header, parse_footer, VhdBat,
-    VhdDiskType, VhdDynamicHeader, VhdFooter, VhdPlatform, VhdSizeSource, DYNAMIC_HEADER_BYTES,
-    FOOTER_BYTES, OLD_FOOTER_BYTES,
+    bitmap_run, decode_locator, parse_bat, parse_dynamic_header, parse_footer, VhdBat, VhdDiskType,
+    VhdDynamicHeader, VhdFooter, VhdPlatform, VhdSizeSource, DYNAMIC_HEADER_BYTES, FOOTER_BYTES,
+    OLD_FOOTER_BYTES,
 };
 use vmback_parsers::ParseError;
 
@@ -42,7 +42,9 @@ pub struct VhdLayer {
 enum Kind {
     /// Virtual bytes `[0, data_end)` are file bytes; the rest (if the footer claims a
     /// larger disk than the file holds) reads as zero.
-    Fixed { data_end: u64 },
+    Fixed {
+        data_end: u64,
+    },
     Sparse(Sparse),
 }
 
@@ -135,8 +137,8 @@ fn pick_footer(src: &FileSource, warnings: &mut Vec<String>) -> Result<(VhdFoote
     if trailing.is_err() && tail.get(1..9) == Some(b"conectix".as_slice()) {
         // Old Virtual PC: a 511-byte footer.
         let old = tail.get(1..).unwrap_or_default();
-        trailing = parse_footer(old, size - OLD_FOOTER_BYTES as u64)
-            .map(|f| (f, OLD_FOOTER_BYTES as u64));
+        trailing =
+            parse_footer(old, size - OLD_FOOTER_BYTES as u64).map(|f| (f, OLD_FOOTER_BYTES as u64));
     }
     let head = if size >= FOOTER_BYTES as u64 {
         let mut h = vec![0u8; FOOTER_BYTES];
@@ -265,10 +267,7 @@ fn describe_header(h: &VhdDynamicHeader, bat: &VhdBat, info: &mut LayerInfo) {
     d.push(("BAT at".into(), format!("{:#x}", h.table_offset)));
     if info.subformat == "differencing" {
         d.push(("parent name".into(), h.parent_unicode_name.clone()));
-        d.push((
-            "parent time stamp".into(),
-            h.parent_time_stamp.to_string(),
-        ));
+        d.push(("parent time stamp".into(), h.parent_time_stamp.to_string()));
     }
 }
 
