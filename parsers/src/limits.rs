@@ -47,3 +47,16 @@ pub const MAX_GPT_ENTRY_SIZE: u32 = 4096;
 
 /// Most logical partitions followed through an MBR extended-partition (EBR) chain.
 pub const MAX_EBR_CHAIN: usize = 128;
+
+/// Largest VHD virtual disk: 2040 GiB (0xFF000000 sectors), the format's own maximum
+/// per the VHD specification and the size `qemu-img` refuses to exceed (EFBIG).
+pub const MAX_VHD_VIRTUAL_SIZE: u64 = 0xFF00_0000 * 512;
+
+/// Most VHD BAT entries read into memory: 2^24 (a 64 MiB table). A 2040 GiB disk needs
+/// about 1 M entries with the default 2 MiB blocks and 4 M with Hyper-V's 512 KiB
+/// blocks, so every real disk fits; fuzzed headers stating 2^30 entries do not.
+pub const MAX_VHD_BAT_ENTRIES: u32 = 1 << 24;
+
+/// Largest VHD block: 256 MiB. Writers use 512 KiB (Hyper-V) or 2 MiB (the default);
+/// the cap bounds the sector bitmap we cache per block (at most 64 KiB).
+pub const MAX_VHD_BLOCK_BYTES: u32 = 256 << 20;
