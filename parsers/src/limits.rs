@@ -37,3 +37,10 @@ pub const MAX_QCOW2_SNAPSHOTS: u32 = 65_536;
 
 /// Longest parent / backing file name stored in a header (bytes).
 pub const MAX_PARENT_NAME_BYTES: u64 = 64 * 1024;
+
+/// Largest VHDX metadata region read whole (the table plus its items). Hyper-V and
+/// qemu make it 1 MiB; the spec allows more, but items are small, so 16 MiB is ample.
+pub const MAX_VHDX_METADATA_BYTES: u64 = 16 << 20;
+
+/// Most key/value pairs in a VHDX parent locator (five are defined; writers add few).
+pub const MAX_VHDX_LOCATOR_ENTRIES: u16 = 256;
