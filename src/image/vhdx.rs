@@ -44,10 +44,19 @@ impl Replayed {
         if end.is_none_or(|e| e > self.len) {
             return Err(Error::parse(
                 self.file.path(),
-                ParseError::truncated("VHDX file (after log replay)", offset, buf.len() as u64, self.len.saturating_sub(offset)),
+                ParseError::truncated(
+                    "VHDX file (after log replay)",
+                    offset,
+                    buf.len() as u64,
+                    self.len.saturating_sub(offset),
+                ),
             ));
         }
-        let on_disk = self.file.size().saturating_sub(offset).min(buf.len() as u64) as usize;
+        let on_disk = self
+            .file
+            .size()
+            .saturating_sub(offset)
+            .min(buf.len() as u64) as usize;
         let (head, tail) = buf.split_at_mut(on_disk);
         self.file.read_exact_at(offset, head)?;
         tail.fill(0);
@@ -72,8 +81,16 @@ pub struct VhdxLayer {
     bitmaps: BlockCache,
 }
 
-fn limit(path: &FileSource, what: &'static str, offset: u64, value: u64, lim: u64, name: &'static str) -> Result<()> {
-    ParseError::check_limit(what, offset, value, lim, name).map_err(|e| Error::parse(path.path(), e))
+fn limit(
+    path: &FileSource,
+    what: &'static str,
+    offset: u64,
+    value: u64,
+    lim: u64,
+    name: &'static str,
+) -> Result<()> {
+    ParseError::check_limit(what, offset, value, lim, name)
+        .map_err(|e| Error::parse(path.path(), e))
 }
 
 /// Opens a VHDX image.
@@ -96,14 +113,33 @@ pub fn open(file: FileSource) -> Result<Box<dyn Layer>> {
     let mut overlay = None;
     if !header.log_guid.is_zero() {
         let len = u64::from(header.log_length);
-        limit(&file, "VHDX log", header.log_offset, len, MAX_VHDX_LOG_BYTES, "MAX_VHDX_LOG_BYTES")?;
-        if header.log_offset.checked_add(len).is_none_or(|e| e > file_size) {
-            return Err(perr(ParseError::truncated("VHDX log", header.log_offset, len, file_size.saturating_sub(header.log_offset))));
+        limit(
+            &file,
+            "VHDX log",
+            header.log_offset,
+            len,
+            MAX_VHDX_LOG_BYTES,
+            "MAX_VHDX_LOG_BYTES",
+        )?;
+        if header
+            .log_offset
+            .checked_add(len)
+            .is_none_or(|e| e > file_size)
+        {
+            return Err(perr(ParseError::truncated(
+                "VHDX log",
+                header.log_offset,
+                len,
+                file_size.saturating_sub(header.log_offset),
+            )));
         }
         let log = file.read_vec_at(header.log_offset, len as usize)?;
         match replay_log(&log, header.log_offset, header.log_guid, file_size).map_err(perr)? {
             Some(o) => {
-                warnings.push(format!("dirty log replayed in memory ({} entries)", o.entries));
+                warnings.push(format!(
+                    "dirty log replayed in memory ({} entries)",
+                    o.entries
+                ));
                 log_state = format!(
                     "dirty: replayed {} entries in memory (head sequence {}, {} sectors)",
                     o.entries,
@@ -115,33 +151,66 @@ pub fn open(file: FileSource) -> Result<Box<dyn Layer>> {
             None => log_state = "log GUID set, but no valid sequence: nothing to replay".into(),
         }
     }
-    let len = overlay.as_ref().map_or(file_size, |o| o.file_len(file_size));
+    let len = overlay
+        .as_ref()
+        .map_or(file_size, |o| o.file_len(file_size));
     let src = Replayed { file, overlay, len };
 
-    let regions = match parse_region_table(&src.read_vec(REGION_TABLE_OFFSETS[0], REGION_TABLE_BYTES)?, 0) {
+    let regions = match parse_region_table(
+        &src.read_vec(REGION_TABLE_OFFSETS[0], REGION_TABLE_BYTES)?,
+        0,
+    ) {
         Ok(r) => r,
         Err(first) => {
-            let r = parse_region_table(&src.read_vec(REGION_TABLE_OFFSETS[1], REGION_TABLE_BYTES)?, 1).map_err(|_| perr(first.clone()))?;
+            let r = parse_region_table(
+                &src.read_vec(REGION_TABLE_OFFSETS[1], REGION_TABLE_BYTES)?,
+                1,
+            )
+            .map_err(|_| perr(first.clone()))?;
             warnings.push(format!("region table invalid, its copy was used: {first}"));
             r
         }
     };
 
     let md = regions.metadata;
-    limit(&src.file, "VHDX metadata region", md.offset, md.length, MAX_VHDX_METADATA_BYTES, "MAX_VHDX_METADATA_BYTES")?;
-    let meta = parse_metadata(&src.read_vec(md.offset, md.length as usize)?, md.offset).map_err(perr)?;
+    limit(
+        &src.file,
+        "VHDX metadata region",
+        md.offset,
+        md.length,
+        MAX_VHDX_METADATA_BYTES,
+        "MAX_VHDX_METADATA_BYTES",
+    )?;
+    let meta =
+        parse_metadata(&src.read_vec(md.offset, md.length as usize)?, md.offset).map_err(perr)?;
 
     let geo = VhdxBatGeometry::new(&meta);
     let bat_bytes = geo.bat_bytes();
-    limit(&src.file, "VHDX BAT", regions.bat.offset, bat_bytes, MAX_TABLE_BYTES, "MAX_TABLE_BYTES")?;
+    limit(
+        &src.file,
+        "VHDX BAT",
+        regions.bat.offset,
+        bat_bytes,
+        MAX_TABLE_BYTES,
+        "MAX_TABLE_BYTES",
+    )?;
     if bat_bytes > regions.bat.length {
         return Err(perr(ParseError::corrupt(
             "VHDX BAT",
             regions.bat.offset,
-            format!("{} entries need {bat_bytes:#x} bytes, but the region is {:#x}", geo.total_entries, regions.bat.length),
+            format!(
+                "{} entries need {bat_bytes:#x} bytes, but the region is {:#x}",
+                geo.total_entries, regions.bat.length
+            ),
         )));
     }
-    let bat = parse_bat(&src.read_vec(regions.bat.offset, bat_bytes as usize)?, regions.bat.offset, geo, src.len).map_err(perr)?;
+    let bat = parse_bat(
+        &src.read_vec(regions.bat.offset, bat_bytes as usize)?,
+        regions.bat.offset,
+        geo,
+        src.len,
+    )
+    .map_err(perr)?;
 
     let subformat = if meta.has_parent {
         "differencing"
@@ -153,11 +222,15 @@ pub fn open(file: FileSource) -> Result<Box<dyn Layer>> {
     let mut info = LayerInfo::new(&path, Format::Vhdx, subformat, meta.virtual_size);
     info.identity = Some(header.data_write_guid.to_string());
     if let Some(loc) = &meta.parent_locator {
-        let names = [&loc.relative_path, &loc.absolute_win32_path, &loc.volume_path]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
+        let names = [
+            &loc.relative_path,
+            &loc.absolute_win32_path,
+            &loc.volume_path,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
         info.parent = Some(ParentRef {
             names,
             format: Some(Format::Vhdx),
@@ -167,12 +240,21 @@ pub fn open(file: FileSource) -> Result<Box<dyn Layer>> {
     info.warnings = warnings;
     info.details = vec![
         ("block size".into(), meta.block_size.to_string()),
-        ("logical sector size".into(), meta.logical_sector_size.to_string()),
-        ("physical sector size".into(), meta.physical_sector_size.to_string()),
+        (
+            "logical sector size".into(),
+            meta.logical_sector_size.to_string(),
+        ),
+        (
+            "physical sector size".into(),
+            meta.physical_sector_size.to_string(),
+        ),
         ("chunk ratio".into(), geo.chunk_ratio.to_string()),
         ("log".into(), log_state),
         ("creator".into(), id.creator),
-        ("header".into(), format!("{} (sequence {})", header.index, header.sequence_number)),
+        (
+            "header".into(),
+            format!("{} (sequence {})", header.index, header.sequence_number),
+        ),
     ];
     if let Some(p) = meta.page83 {
         info.details.push(("page 83 id".into(), p.to_string()));
@@ -189,7 +271,10 @@ pub fn open(file: FileSource) -> Result<Box<dyn Layer>> {
 
 impl VhdxLayer {
     fn corrupt(&self, offset: u64, reason: String) -> Error {
-        Error::parse(self.src.file.path(), ParseError::corrupt("VHDX payload block", offset, reason))
+        Error::parse(
+            self.src.file.path(),
+            ParseError::corrupt("VHDX payload block", offset, reason),
+        )
     }
 
     /// Kind and length (bytes, at most `max`) of the run at `off` inside one block.
@@ -204,7 +289,9 @@ impl VhdxLayer {
         Ok(match p.state {
             PayloadState::FullyPresent => (RunKind::Data, len),
             PayloadState::Zero => (RunKind::Zero, len),
-            PayloadState::NotPresent | PayloadState::Undefined | PayloadState::Unmapped => (RunKind::Unallocated, len),
+            PayloadState::NotPresent | PayloadState::Undefined | PayloadState::Unmapped => {
+                (RunKind::Unallocated, len)
+            }
             PayloadState::PartiallyPresent => self.partial(off, len)?,
         })
     }
@@ -215,7 +302,10 @@ impl VhdxLayer {
         let chunk_bytes = self.geo.chunk_ratio * self.geo.block_size;
         let chunk = off / chunk_bytes;
         let Some(bm_off) = self.bat.bitmap(chunk) else {
-            return Err(self.corrupt(off, format!("partially present block, but chunk {chunk} has no sector bitmap")));
+            return Err(self.corrupt(
+                off,
+                format!("partially present block, but chunk {chunk} has no sector bitmap"),
+            ));
         };
         let bitmap = self.bitmaps.get_or_load(bm_off, || {
             let mut v = vec![0u8; MIB as usize];
@@ -223,7 +313,11 @@ impl VhdxLayer {
             Ok(v)
         })?;
         let first = (off % chunk_bytes) / lss;
-        let bit = |s: u64| bitmap.get((s / 8) as usize).is_some_and(|b| b & (1 << (s % 8)) != 0);
+        let bit = |s: u64| {
+            bitmap
+                .get((s / 8) as usize)
+                .is_some_and(|b| b & (1 << (s % 8)) != 0)
+        };
         let present = bit(first);
         let end = off + len;
         let mut s = first + 1;
@@ -232,7 +326,14 @@ impl VhdxLayer {
             s += 1;
         }
         let run = (chunk_base + s * lss).min(end) - off;
-        Ok((if present { RunKind::Data } else { RunKind::Unallocated }, run))
+        Ok((
+            if present {
+                RunKind::Data
+            } else {
+                RunKind::Unallocated
+            },
+            run,
+        ))
     }
 }
 
@@ -263,10 +364,20 @@ impl Layer for VhdxLayer {
             let within = off % bs;
             let n = ((bs - within) as usize).min(buf.len() - pos);
             match self.bat.payload(block) {
-                Some(p) if matches!(p.state, PayloadState::FullyPresent | PayloadState::PartiallyPresent) => {
-                    self.src.read(p.file_offset + within, &mut buf[pos..pos + n])?
+                Some(p)
+                    if matches!(
+                        p.state,
+                        PayloadState::FullyPresent | PayloadState::PartiallyPresent
+                    ) =>
+                {
+                    self.src
+                        .read(p.file_offset + within, &mut buf[pos..pos + n])?
                 }
-                _ => return Err(self.corrupt(off, format!("read of block {block}, which holds no data"))),
+                _ => {
+                    return Err(
+                        self.corrupt(off, format!("read of block {block}, which holds no data"))
+                    )
+                }
             }
             pos += n;
         }
