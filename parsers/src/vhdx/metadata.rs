@@ -195,15 +195,14 @@ pub fn parse_metadata(region: &[u8], region_base: u64) -> Result<VhdxMetadata> {
             ));
         }
         match known.iter().position(|g| *g == e.item_id) {
-            Some(k) => {
-                if found[k].replace(e).is_some() {
-                    return Err(ParseError::corrupt(
-                        WHAT,
-                        at,
-                        format!("item {} is listed twice", e.item_id),
-                    ));
-                }
+            Some(k) if found[k].replace(e).is_some() => {
+                return Err(ParseError::corrupt(
+                    WHAT,
+                    at,
+                    format!("item {} is listed twice", e.item_id),
+                ));
             }
+            Some(_) => {}
             None if e.flags & 4 != 0 => {
                 return Err(ParseError::unsupported(
                     WHAT,
