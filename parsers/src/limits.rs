@@ -60,3 +60,10 @@ pub const MAX_VHD_BAT_ENTRIES: u32 = 1 << 24;
 /// Largest VHD block: 256 MiB. Writers use 512 KiB (Hyper-V) or 2 MiB (the default);
 /// the cap bounds the sector bitmap we cache per block (at most 64 KiB).
 pub const MAX_VHD_BLOCK_BYTES: u32 = 256 << 20;
+
+/// Largest VHDX metadata region read whole (the table plus its items). Hyper-V and
+/// qemu make it 1 MiB; the spec allows more, but items are small, so 16 MiB is ample.
+pub const MAX_VHDX_METADATA_BYTES: u64 = 16 << 20;
+
+/// Most key/value pairs in a VHDX parent locator (five are defined; writers add few).
+pub const MAX_VHDX_LOCATOR_ENTRIES: u16 = 256;
