@@ -47,6 +47,22 @@ pub fn parse_u64_table(buf: &[u8], n: usize, what: &'static str, base: u64) -> R
     bytes::run(count(le_u64, n), buf, what, base)
 }
 
+/// Entry `index` of a cached little-endian u32 table (None past its end).
+pub fn u32_entry(table: &[u8], index: u64) -> Option<u32> {
+    let at = usize::try_from(index).ok()?.checked_mul(4)?;
+    let b = table.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Entry `index` of a cached little-endian u64 table (None past its end).
+pub fn u64_entry(table: &[u8], index: u64) -> Option<u64> {
+    let at = usize::try_from(index).ok()?.checked_mul(8)?;
+    let b = table.get(at..at.checked_add(8)?)?;
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b);
+    Some(u64::from_le_bytes(a))
+}
+
 /// A KDMV / COWD grain table entry: 0 is unallocated; 1 is a zero grain when the
 /// extent has the zeroed-grain flag (KDMV only); anything else is the grain's
 /// sector in the extent file.
@@ -119,6 +135,16 @@ pub fn decode_sesparse_gte(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_entries() {
+        let b: Vec<u8> = (0u8..16).collect();
+        assert_eq!(u32_entry(&b, 3), Some(0x0f0e0d0c));
+        assert_eq!(u32_entry(&b, 4), None);
+        assert_eq!(u64_entry(&b, 1), Some(0x0f0e0d0c0b0a0908));
+        assert_eq!(u64_entry(&b, 2), None);
+        assert_eq!(u64_entry(&b, u64::MAX), None);
+    }
 
     #[test]
     fn kdmv_entries() {
