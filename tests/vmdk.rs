@@ -27,7 +27,10 @@ fn corpus_images_match_catalog_and_qemu() {
         &["vmware/monolithicSparse.vmdk.zst"],
         &["vmware/streamOptimized.vmdk"],
         &["vmware/streamOptimizedWithMarkers.vmdk.zst"],
-        &["vmware/twoGbMaxExtentSparse.vmdk", "vmware/twoGbMaxExtentSparse-s001.vmdk.zst"],
+        &[
+            "vmware/twoGbMaxExtentSparse.vmdk",
+            "vmware/twoGbMaxExtentSparse-s001.vmdk.zst",
+        ],
         &["vmware/vmfs_thick.vmdk", "vmware/vmfs_thick-flat.vmdk.zst"],
         &["qemu-made/ext2.vmdk"],
     ];
@@ -36,9 +39,18 @@ fn corpus_images_match_catalog_and_qemu() {
         let img = stage(&corpus, rels, dir.path());
         let (size, sha) = catalog_entry(&corpus, rels[0]).expect("catalog entry");
         let ours = vmback_raw_sha(&img, dir.path());
-        assert_eq!(ours, sha, "{}: vmback export differs from CATALOG.md", rels[0]);
+        assert_eq!(
+            ours, sha,
+            "{}: vmback export differs from CATALOG.md",
+            rels[0]
+        );
         if have_tool("qemu-img") {
-            assert_eq!(ours, qemu_raw_sha(&img, Some("vmdk"), dir.path()), "{}: differs from qemu-img", rels[0]);
+            assert_eq!(
+                ours,
+                qemu_raw_sha(&img, Some("vmdk"), dir.path()),
+                "{}: differs from qemu-img",
+                rels[0]
+            );
         }
         let disk = vmback::image::open(&img).unwrap();
         assert_eq!(disk.size(), size, "{}", rels[0]);
@@ -57,7 +69,11 @@ fn iotest_version3_streamed_hash() {
     let disk = vmback::image::open(&img).unwrap();
     assert_eq!(disk.size(), size);
     let extents = disk.extents(0..size).unwrap();
-    let data: u64 = extents.iter().filter(|e| e.kind == RunKind::Data).map(|e| e.len).sum();
+    let data: u64 = extents
+        .iter()
+        .filter(|e| e.kind == RunKind::Data)
+        .map(|e| e.len)
+        .sum();
     assert!(data > 0 && data < 16 << 20, "data bytes {data}");
     let zeros = vec![0u8; 4 << 20];
     let mut buf = vec![0u8; 4 << 20];
@@ -80,9 +96,16 @@ fn iotest_version3_streamed_hash() {
     let mut s = [0u8; 512];
     for i in [0u64, 1, 42, 98] {
         disk.read_exact_at(i * 655_360 + i * 512, &mut s).unwrap();
-        assert!(s.iter().all(|&b| b == 0x30 + (i % 10) as u8), "sector of record {i}");
+        assert!(
+            s.iter().all(|&b| b == 0x30 + (i % 10) as u8),
+            "sector of record {i}"
+        );
     }
-    assert!(disk.bytes_read() < 1 << 20, "read {} bytes", disk.bytes_read());
+    assert!(
+        disk.bytes_read() < 1 << 20,
+        "read {} bytes",
+        disk.bytes_read()
+    );
 }
 
 #[test]
@@ -91,7 +114,10 @@ fn fuzzed_header_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let img = stage(&corpus, &["qemu-samples/afl9.vmdk"], dir.path());
     let err = run_err(vmback().arg("inspect").arg(&img));
-    assert!(err.contains("afl9.vmdk") && err.contains("VMDK sparse extent header at offset"), "{err}");
+    assert!(
+        err.contains("afl9.vmdk") && err.contains("VMDK sparse extent header at offset"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -105,7 +131,10 @@ fn incomplete_descriptors_name_the_missing_extent() {
     ] {
         let img = corpus.join("vmware/incomplete").join(desc);
         let err = run_err(vmback().arg("inspect").arg(&img));
-        assert!(err.contains("VMDK extent") && err.contains(missing) && err.contains(desc), "{err}");
+        assert!(
+            err.contains("VMDK extent") && err.contains(missing) && err.contains(desc),
+            "{err}"
+        );
     }
 }
 
@@ -113,9 +142,16 @@ fn incomplete_descriptors_name_the_missing_extent() {
 fn split_extent_alone_is_refused_with_a_pointer_to_the_descriptor() {
     let Some(corpus) = corpus_dir() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let img = stage(&corpus, &["vmware/twoGbMaxExtentSparse-s001.vmdk.zst"], dir.path());
+    let img = stage(
+        &corpus,
+        &["vmware/twoGbMaxExtentSparse-s001.vmdk.zst"],
+        dir.path(),
+    );
     let err = run_err(vmback().arg("inspect").arg(&img));
-    assert!(err.contains("without an embedded descriptor") && err.contains("open the descriptor"), "{err}");
+    assert!(
+        err.contains("without an embedded descriptor") && err.contains("open the descriptor"),
+        "{err}"
+    );
 }
 
 /// Runs the generator; `None` (skip) without python3.
@@ -141,10 +177,18 @@ fn hand_built_sesparse_cowd_and_zero_extents() {
     for name in ["base", "se", "cowd", "zero"] {
         let img = d.join(format!("{name}.vmdk"));
         let ours = vmback_raw_sha(&img, d);
-        assert_eq!(ours, sha256_file(&d.join(format!("{name}.expected"))), "{name}");
+        assert_eq!(
+            ours,
+            sha256_file(&d.join(format!("{name}.expected"))),
+            "{name}"
+        );
         // QEMU skips ZERO extent lines, so it reads zero.vmdk shorter; compare the rest.
         if name != "zero" && have_tool("qemu-img") {
-            assert_eq!(ours, qemu_raw_sha(&img, Some("vmdk"), d), "{name} vs qemu-img");
+            assert_eq!(
+                ours,
+                qemu_raw_sha(&img, Some("vmdk"), d),
+                "{name} vs qemu-img"
+            );
         }
     }
     let o = run_ok(vmback().args(["inspect", "--json"]).arg(d.join("se.vmdk")));
@@ -154,7 +198,10 @@ fn hand_built_sesparse_cowd_and_zero_extents() {
     assert_eq!(layers[0]["subformat"], "seSparse");
     assert_eq!(layers[0]["parent"]["expected_identity"], "12345678");
     assert_eq!(layers[1]["identity"], "12345678");
-    assert!(layers[0]["files"].to_string().contains("se-sesparse.vmdk"), "{v}");
+    assert!(
+        layers[0]["files"].to_string().contains("se-sesparse.vmdk"),
+        "{v}"
+    );
 }
 
 #[test]
@@ -169,7 +216,11 @@ fn sesparse_journal_needing_replay_is_refused() {
     b[512 + 0x18] = 1; // volatile header: replay_journal
     std::fs::write(&f, b).unwrap();
     let err = run_err(vmback().arg("inspect").arg(d.join("se.vmdk")));
-    assert!(err.contains("se-sesparse.vmdk") && err.contains("SESPARSE volatile header at offset 0x218"), "{err}");
+    assert!(
+        err.contains("se-sesparse.vmdk")
+            && err.contains("SESPARSE volatile header at offset 0x218"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -180,10 +231,21 @@ fn cid_mismatch_is_reported() {
         return;
     }
     let base = std::fs::read_to_string(d.join("base.vmdk")).unwrap();
-    std::fs::write(d.join("base.vmdk"), base.replace("CID=12345678", "CID=87654321")).unwrap();
+    std::fs::write(
+        d.join("base.vmdk"),
+        base.replace("CID=12345678", "CID=87654321"),
+    )
+    .unwrap();
     let o = run_ok(vmback().arg("inspect").arg(d.join("cowd.vmdk")));
-    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(all.contains("87654321") && all.contains("expects 12345678"), "{all}");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        all.contains("87654321") && all.contains("expects 12345678"),
+        "{all}"
+    );
 }
 
 /// A monolithicSparse image with one grain written at 1 MiB, made by qemu-img.
@@ -192,8 +254,17 @@ fn qemu_sparse(d: &Path) -> Option<PathBuf> {
         return None;
     }
     let img = d.join("s.vmdk");
-    run_ok(std::process::Command::new("qemu-img").args(["create", "-q", "-f", "vmdk"]).arg(&img).arg("8M"));
-    run_ok(std::process::Command::new("qemu-io").args(["-c", "write -P 0x5a 1M 64k"]).arg(&img));
+    run_ok(
+        std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "vmdk"])
+            .arg(&img)
+            .arg("8M"),
+    );
+    run_ok(
+        std::process::Command::new("qemu-io")
+            .args(["-c", "write -P 0x5a 1M 64k"])
+            .arg(&img),
+    );
     Some(img)
 }
 
@@ -204,20 +275,27 @@ fn le_u64_at(b: &[u8], at: usize) -> u64 {
 #[test]
 fn grain_directory_entry_beyond_eof_names_its_offset() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(img) = qemu_sparse(dir.path()) else { return };
+    let Some(img) = qemu_sparse(dir.path()) else {
+        return;
+    };
     let mut b = std::fs::read(&img).unwrap();
     let gd = le_u64_at(&b, 0x38) as usize * 512;
     b[gd..gd + 4].copy_from_slice(&0x00ff_ffffu32.to_le_bytes());
     std::fs::write(&img, b).unwrap();
     let err = run_err(vmback().arg("inspect").arg(&img));
     let want = format!("VMDK grain directory entry at offset {gd:#x}");
-    assert!(err.contains("s.vmdk") && err.contains(&want) && err.contains("beyond the end"), "{err}");
+    assert!(
+        err.contains("s.vmdk") && err.contains(&want) && err.contains("beyond the end"),
+        "{err}"
+    );
 }
 
 #[test]
 fn grain_table_entry_beyond_eof_names_its_offset() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(img) = qemu_sparse(dir.path()) else { return };
+    let Some(img) = qemu_sparse(dir.path()) else {
+        return;
+    };
     let mut b = std::fs::read(&img).unwrap();
     let gd = le_u64_at(&b, 0x38) as usize * 512;
     let gt = u32::from_le_bytes(b[gd..gd + 4].try_into().unwrap()) as usize * 512;
@@ -227,19 +305,34 @@ fn grain_table_entry_beyond_eof_names_its_offset() {
     let out = dir.path().join("o.raw");
     let err = run_err(vmback().arg("export").arg(&img).arg("-o").arg(&out));
     let want = format!("VMDK grain table entry at offset {entry:#x}");
-    assert!(err.contains(&want) && err.contains("beyond the end"), "{err}");
+    assert!(
+        err.contains(&want) && err.contains("beyond the end"),
+        "{err}"
+    );
 }
 
 #[test]
 fn truncated_sparse_file_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(img) = qemu_sparse(dir.path()) else { return };
+    let Some(img) = qemu_sparse(dir.path()) else {
+        return;
+    };
     let b = std::fs::read(&img).unwrap();
     for len in [600usize, 4096, 0x10000, b.len() - 512] {
         std::fs::write(&img, &b[..len]).unwrap();
         let out = dir.path().join("o.raw");
-        let err = run_err(vmback().arg("export").arg(&img).arg("-o").arg(&out).arg("--force"));
-        assert!(err.contains("s.vmdk") && !err.contains("panicked"), "len {len}: {err}");
+        let err = run_err(
+            vmback()
+                .arg("export")
+                .arg(&img)
+                .arg("-o")
+                .arg(&out)
+                .arg("--force"),
+        );
+        assert!(
+            err.contains("s.vmdk") && !err.contains("panicked"),
+            "len {len}: {err}"
+        );
     }
 }
 
@@ -257,5 +350,8 @@ fn corrupt_compressed_grain_is_an_error() {
     std::fs::write(&img, b).unwrap();
     let out = dir.path().join("o.raw");
     let err = run_err(vmback().arg("export").arg(&img).arg("-o").arg(&out));
-    assert!(err.contains("VMDK compressed grain") && err.contains("streamOptimized.vmdk"), "{err}");
+    assert!(
+        err.contains("VMDK compressed grain") && err.contains("streamOptimized.vmdk"),
+        "{err}"
+    );
 }

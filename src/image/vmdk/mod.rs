@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 use vmback_parsers::limits::MAX_DESCRIPTOR_BYTES;
 use vmback_parsers::vmdk::cowd_header::COWD_MAGIC;
-use vmback_parsers::vmdk::descriptor::{parse_descriptor, VmdkAccess, VmdkDescriptor, VmdkExtentType};
+use vmback_parsers::vmdk::descriptor::{
+    parse_descriptor, VmdkAccess, VmdkDescriptor, VmdkExtentType,
+};
 use vmback_parsers::vmdk::sesparse_header::SESPARSE_CONST_MAGIC;
 use vmback_parsers::vmdk::sparse_header::KDMV_MAGIC;
 use vmback_parsers::vmdk::SECTOR;
@@ -76,8 +78,14 @@ pub fn open(src: FileSource) -> Result<Box<dyn Layer>> {
             feature: "a COWD (VMFSSPARSE) delta extent on its own: open the descriptor .vmdk that references it".into(),
         })
     } else {
-        ParseError::check_limit("VMDK descriptor", 0, src.size(), MAX_DESCRIPTOR_BYTES, "MAX_DESCRIPTOR_BYTES")
-            .map_err(|e| Error::parse(&path, e))?;
+        ParseError::check_limit(
+            "VMDK descriptor",
+            0,
+            src.size(),
+            MAX_DESCRIPTOR_BYTES,
+            "MAX_DESCRIPTOR_BYTES",
+        )
+        .map_err(|e| Error::parse(&path, e))?;
         // OK: size bounded just above.
         let text = src.read_vec_at(0, src.size() as usize)?;
         let desc = parse_descriptor(&text, 0).map_err(|e| Error::parse(&path, e))?;
@@ -102,13 +110,27 @@ fn open_monolithic(src: Arc<FileSource>, head: &[u8]) -> Result<Box<dyn Layer>> 
     let at = header
         .descriptor_offset_sectors
         .checked_mul(SECTOR)
-        .ok_or_else(|| Error::parse(&path, ParseError::corrupt("VMDK sparse extent header", 0x1C, "descriptor offset overflows")))?;
+        .ok_or_else(|| {
+            Error::parse(
+                &path,
+                ParseError::corrupt(
+                    "VMDK sparse extent header",
+                    0x1C,
+                    "descriptor offset overflows",
+                ),
+            )
+        })?;
     // OK: the parser capped the descriptor size at MAX_DESCRIPTOR_BYTES.
     let len = header.descriptor_size_sectors * SECTOR;
     if at.checked_add(len).is_none_or(|e| e > src.size()) {
         return Err(Error::parse(
             &path,
-            ParseError::truncated("VMDK embedded descriptor", at, len, src.size().saturating_sub(at)),
+            ParseError::truncated(
+                "VMDK embedded descriptor",
+                at,
+                len,
+                src.size().saturating_sub(at),
+            ),
         ));
     }
     let text = src.read_vec_at(at, len as usize)?;
@@ -159,8 +181,20 @@ impl VmdkLayer {
                 VmdkAccess::ReadOnly => "RDONLY",
                 VmdkAccess::NoAccess => "NOACCESS",
             };
-            let file = e.file.as_deref().map(|f| format!(" \"{f}\"")).unwrap_or_default();
-            d.push(("extent".into(), format!("{access} {} {}{file} {}", e.sectors, e.kind.name(), e.offset_sectors)));
+            let file = e
+                .file
+                .as_deref()
+                .map(|f| format!(" \"{f}\""))
+                .unwrap_or_default();
+            d.push((
+                "extent".into(),
+                format!(
+                    "{access} {} {}{file} {}",
+                    e.sectors,
+                    e.kind.name(),
+                    e.offset_sectors
+                ),
+            ));
         }
         for (key, label) in [
             ("adapterType", "adapter type"),
@@ -265,7 +299,11 @@ impl VmdkLayer {
                 "{}: sparse header capacity {} differs from the descriptor's extent size {len}{}",
                 src.path().display(),
                 reader.capacity(),
-                if reader.capacity() < len { " (the rest reads as zeros)" } else { "" }
+                if reader.capacity() < len {
+                    " (the rest reads as zeros)"
+                } else {
+                    ""
+                }
             ));
         }
         if !self.info.details.iter().any(|(k, _)| k == "grain size") {

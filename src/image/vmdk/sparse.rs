@@ -17,7 +17,9 @@ use vmback_parsers::vmdk::grain_table::{
     decode_gte, decode_sesparse_gde, decode_sesparse_gte, parse_u32_table, parse_u64_table,
     u32_entry, u64_entry, GrainEntry,
 };
-use vmback_parsers::vmdk::marker::{parse_footer, parse_grain_marker, FOOTER_BYTES, GRAIN_MARKER_BYTES};
+use vmback_parsers::vmdk::marker::{
+    parse_footer, parse_grain_marker, FOOTER_BYTES, GRAIN_MARKER_BYTES,
+};
 use vmback_parsers::vmdk::sesparse_header::{
     parse_sesparse_header, parse_sesparse_volatile_header, SESPARSE_GRAIN_SECTORS,
     SESPARSE_GTES_PER_GT, SESPARSE_GT_SECTORS, SESPARSE_HEADER_BYTES,
@@ -96,7 +98,15 @@ impl SparseExtent {
             // streamOptimized: the footer's header copy is the one that counts.
             let size = src.size() / SECTOR * SECTOR;
             let at = size.checked_sub(FOOTER_BYTES as u64).ok_or_else(|| {
-                perr(&src, ParseError::truncated("VMDK streamOptimized footer", 0, FOOTER_BYTES as u64, size))
+                perr(
+                    &src,
+                    ParseError::truncated(
+                        "VMDK streamOptimized footer",
+                        0,
+                        FOOTER_BYTES as u64,
+                        size,
+                    ),
+                )
             })?;
             let buf = read_struct(&src, at, FOOTER_BYTES as u64, "VMDK streamOptimized footer")?;
             h = parse_footer(&buf, at).map_err(|e| perr(&src, e))?;
@@ -109,16 +119,27 @@ impl SparseExtent {
             ));
         }
         let compression = if h.compressed() {
-            Compression::Deflate { markers: h.has_markers() }
+            Compression::Deflate {
+                markers: h.has_markers(),
+            }
         } else {
             Compression::None
         };
         let gd_at = h.gd_offset_sectors.checked_mul(SECTOR).ok_or_else(|| {
-            perr(&src, ParseError::corrupt("VMDK sparse extent header", 0x38, "grain directory offset overflows"))
+            perr(
+                &src,
+                ParseError::corrupt(
+                    "VMDK sparse extent header",
+                    0x38,
+                    "grain directory offset overflows",
+                ),
+            )
         })?;
         let mut ext = Self::with_u32_directory(
             src,
-            Entries::U32 { zeroed: h.has_zeroed_grain_gte() },
+            Entries::U32 {
+                zeroed: h.has_zeroed_grain_gte(),
+            },
             compression,
             h.capacity_bytes(),
             h.grain_bytes(),
@@ -126,7 +147,8 @@ impl SparseExtent {
             gd_at,
             h.gd_entries(),
         )?;
-        ext.details.push(("header version".into(), h.version.to_string()));
+        ext.details
+            .push(("header version".into(), h.version.to_string()));
         if h.compressed() {
             ext.details.push(("compression".into(), "deflate".into()));
         }
@@ -156,7 +178,12 @@ impl SparseExtent {
         let h = parse_sesparse_header(head, 0).map_err(|e| perr(&src, e))?;
         // OK: offsets times 512 were checked by the parser.
         let vol_at = h.volatile_header_offset_sectors * SECTOR;
-        let vol = read_struct(&src, vol_at, SESPARSE_HEADER_BYTES as u64, "VMDK SESPARSE volatile header")?;
+        let vol = read_struct(
+            &src,
+            vol_at,
+            SESPARSE_HEADER_BYTES as u64,
+            "VMDK SESPARSE volatile header",
+        )?;
         parse_sesparse_volatile_header(&vol, vol_at).map_err(|e| perr(&src, e))?;
         let gd_at = h.grain_dir_offset_sectors * SECTOR;
         let n = h.gd_entries();
@@ -173,14 +200,31 @@ impl SparseExtent {
                 Some(index) => index
                     .checked_mul(gt_bytes)
                     .and_then(|b| b.checked_add(gt_area))
-                    .ok_or_else(|| perr(&src, ParseError::corrupt("VMDK SESPARSE grain directory entry", at, "grain table offset overflows")))?,
+                    .ok_or_else(|| {
+                        perr(
+                            &src,
+                            ParseError::corrupt(
+                                "VMDK SESPARSE grain directory entry",
+                                at,
+                                "grain table offset overflows",
+                            ),
+                        )
+                    })?,
             };
-            check_table(&src, off, gt_bytes, at, "VMDK SESPARSE grain directory entry")?;
+            check_table(
+                &src,
+                off,
+                gt_bytes,
+                at,
+                "VMDK SESPARSE grain directory entry",
+            )?;
             gd.push(off);
         }
         let grain = SESPARSE_GRAIN_SECTORS * SECTOR;
         Ok(SparseExtent {
-            entries: Entries::SeSparse { grains_area: h.grains_offset_sectors * SECTOR },
+            entries: Entries::SeSparse {
+                grains_area: h.grains_offset_sectors * SECTOR,
+            },
             compression: Compression::None,
             capacity: h.capacity_bytes(),
             grain,
@@ -206,18 +250,35 @@ impl SparseExtent {
         gd_entries: u64,
     ) -> Result<Self> {
         const WHAT: &str = "VMDK grain directory";
-        ParseError::check_limit(WHAT, gd_at, gd_entries.saturating_mul(4), MAX_TABLE_BYTES, "MAX_TABLE_BYTES")
-            .map_err(|e| perr(&src, e))?;
+        ParseError::check_limit(
+            WHAT,
+            gd_at,
+            gd_entries.saturating_mul(4),
+            MAX_TABLE_BYTES,
+            "MAX_TABLE_BYTES",
+        )
+        .map_err(|e| perr(&src, e))?;
         let raw = read_struct(&src, gd_at, gd_entries * 4, WHAT)?;
-        let table = parse_u32_table(&raw, gd_entries as usize, WHAT, gd_at).map_err(|e| perr(&src, e))?;
+        let table =
+            parse_u32_table(&raw, gd_entries as usize, WHAT, gd_at).map_err(|e| perr(&src, e))?;
         let gt_bytes = gtes_per_gt * 4;
         let mut gd = Vec::with_capacity(table.len());
         for (i, sector) in table.into_iter().enumerate() {
             let off = u64::from(sector) * SECTOR;
-            check_table(&src, off, gt_bytes, gd_at + i as u64 * 4, "VMDK grain directory entry")?;
+            check_table(
+                &src,
+                off,
+                gt_bytes,
+                gd_at + i as u64 * 4,
+                "VMDK grain directory entry",
+            )?;
             gd.push(off);
         }
-        let grain_budget = if compression == Compression::None { 1 } else { GRAIN_CACHE_BYTES };
+        let grain_budget = if compression == Compression::None {
+            1
+        } else {
+            GRAIN_CACHE_BYTES
+        };
         Ok(SparseExtent {
             src,
             entries,
@@ -253,12 +314,20 @@ impl SparseExtent {
             read_struct(&self.src, gt_at, table_bytes, "VMDK grain table")
         })?;
         let at = gt_at + i * self.entry_bytes;
-        let missing = || perr(&self.src, ParseError::truncated("VMDK grain table entry", at, self.entry_bytes, 0));
+        let missing = || {
+            perr(
+                &self.src,
+                ParseError::truncated("VMDK grain table entry", at, self.entry_bytes, 0),
+            )
+        };
         let e = match self.entries {
-            Entries::U32 { zeroed } => decode_gte(u32_entry(&table, i).ok_or_else(missing)?, zeroed),
+            Entries::U32 { zeroed } => {
+                decode_gte(u32_entry(&table, i).ok_or_else(missing)?, zeroed)
+            }
             Entries::SeSparse { grains_area } => {
                 let raw = u64_entry(&table, i).ok_or_else(missing)?;
-                decode_sesparse_gte(raw, at, grains_area, self.grain).map_err(|e| perr(&self.src, e))?
+                decode_sesparse_gte(raw, at, grains_area, self.grain)
+                    .map_err(|e| perr(&self.src, e))?
             }
         };
         if let GrainEntry::Data(off) = e {
@@ -268,7 +337,10 @@ impl SparseExtent {
                     ParseError::corrupt(
                         "VMDK grain table entry",
                         at,
-                        format!("grain at {off:#x} is beyond the end of the file ({:#x})", self.src.size()),
+                        format!(
+                            "grain at {off:#x} is beyond the end of the file ({:#x})",
+                            self.src.size()
+                        ),
                     ),
                 ));
             }
@@ -319,12 +391,18 @@ impl SparseExtent {
             let g = v / self.grain;
             let within = v % self.grain;
             let n = ((self.grain - within) as usize).min(buf.len() - pos);
-            let entry = if v >= self.capacity { GrainEntry::Zero } else { self.entry(g)? };
+            let entry = if v >= self.capacity {
+                GrainEntry::Zero
+            } else {
+                self.entry(g)?
+            };
             match (entry, self.compression) {
                 (GrainEntry::Data(off), Compression::None) => {
                     let at = off + within;
                     match &mut pending {
-                        Some((p_at, p_start, p_len)) if *p_at + *p_len as u64 == at && *p_start + *p_len == pos => {
+                        Some((p_at, p_start, p_len))
+                            if *p_at + *p_len as u64 == at && *p_start + *p_len == pos =>
+                        {
                             *p_len += n;
                         }
                         _ => {
@@ -335,17 +413,25 @@ impl SparseExtent {
                 }
                 (GrainEntry::Data(off), Compression::Deflate { markers }) => {
                     self.flush(&mut pending, buf)?;
-                    let data = self.grains.get_or_load(off, || self.inflate(off, markers))?;
-                    let piece = data.get(within as usize..within as usize + n).ok_or_else(|| {
-                        perr(
-                            &self.src,
-                            ParseError::corrupt(
-                                "VMDK compressed grain",
-                                off,
-                                format!("holds {} bytes, byte {} of the grain is needed", data.len(), within as usize + n),
-                            ),
-                        )
-                    })?;
+                    let data = self
+                        .grains
+                        .get_or_load(off, || self.inflate(off, markers))?;
+                    let piece =
+                        data.get(within as usize..within as usize + n)
+                            .ok_or_else(|| {
+                                perr(
+                                    &self.src,
+                                    ParseError::corrupt(
+                                        "VMDK compressed grain",
+                                        off,
+                                        format!(
+                                            "holds {} bytes, byte {} of the grain is needed",
+                                            data.len(),
+                                            within as usize + n
+                                        ),
+                                    ),
+                                )
+                            })?;
                     buf[pos..pos + n].copy_from_slice(piece);
                 }
                 (GrainEntry::Zero | GrainEntry::Unallocated, _) => {
@@ -371,7 +457,12 @@ impl SparseExtent {
         // QEMU accepts compressed data up to twice the grain size; so do we.
         let max = (2 * self.grain).min(2 * MAX_GRAIN_BYTES);
         let (data_at, len) = if markers {
-            let head = read_struct(&self.src, off, GRAIN_MARKER_BYTES as u64, "VMDK grain marker")?;
+            let head = read_struct(
+                &self.src,
+                off,
+                GRAIN_MARKER_BYTES as u64,
+                "VMDK grain marker",
+            )?;
             let m = parse_grain_marker(&head, off, max).map_err(|e| perr(&self.src, e))?;
             (off + GRAIN_MARKER_BYTES as u64, u64::from(m.size))
         } else {
@@ -382,11 +473,20 @@ impl SparseExtent {
         flate2::read::ZlibDecoder::new(compressed.as_slice())
             .take(self.grain + 1)
             .read_to_end(&mut out)
-            .map_err(|e| perr(&self.src, ParseError::corrupt(WHAT, data_at, format!("deflate stream: {e}"))))?;
+            .map_err(|e| {
+                perr(
+                    &self.src,
+                    ParseError::corrupt(WHAT, data_at, format!("deflate stream: {e}")),
+                )
+            })?;
         if out.len() as u64 > self.grain {
             return Err(perr(
                 &self.src,
-                ParseError::corrupt(WHAT, data_at, format!("inflates to more than the grain size {}", self.grain)),
+                ParseError::corrupt(
+                    WHAT,
+                    data_at,
+                    format!("inflates to more than the grain size {}", self.grain),
+                ),
             ));
         }
         Ok(out)
@@ -394,14 +494,23 @@ impl SparseExtent {
 }
 
 /// A grain table at `off` (0 = none) of `len` bytes must lie inside the file.
-fn check_table(src: &FileSource, off: u64, len: u64, entry_at: u64, what: &'static str) -> Result<()> {
+fn check_table(
+    src: &FileSource,
+    off: u64,
+    len: u64,
+    entry_at: u64,
+    what: &'static str,
+) -> Result<()> {
     if off != 0 && off.checked_add(len).is_none_or(|e| e > src.size()) {
         return Err(perr(
             src,
             ParseError::corrupt(
                 what,
                 entry_at,
-                format!("grain table at {off:#x} ({len} bytes) is beyond the end of the file ({:#x})", src.size()),
+                format!(
+                    "grain table at {off:#x} ({len} bytes) is beyond the end of the file ({:#x})",
+                    src.size()
+                ),
             ),
         ));
     }
