@@ -24,11 +24,7 @@ pub const SECTOR: u64 = 512;
 
 /// Ceiling division for counts derived from validated, non-zero divisors.
 pub(crate) fn div_ceil(a: u64, b: u64) -> u64 {
-    if b == 0 {
-        0
-    } else {
-        a / b + u64::from(a % b != 0)
-    }
+    a.checked_div(b).map_or(0, |q| q + u64::from(a % b != 0))
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ use crate::io::{FileSource, ReadAt};
 enum ExtentReader {
     Zero,
     Flat { src: Arc<FileSource>, start: u64 },
-    Sparse(SparseExtent),
+    Sparse(Box<SparseExtent>),
 }
 
 /// One extent at its place in the virtual disk.
@@ -152,7 +152,7 @@ fn open_monolithic(src: Arc<FileSource>, head: &[u8]) -> Result<Box<dyn Layer>> 
     layer.slots.push(Slot {
         start: 0,
         len: cap,
-        reader: ExtentReader::Sparse(extent),
+        reader: ExtentReader::Sparse(Box::new(extent)),
     });
     Ok(Box::new(layer))
 }
@@ -309,7 +309,7 @@ impl VmdkLayer {
         if !self.info.details.iter().any(|(k, _)| k == "grain size") {
             self.info.details.extend(reader.details.iter().cloned());
         }
-        Ok(ExtentReader::Sparse(reader))
+        Ok(ExtentReader::Sparse(Box::new(reader)))
     }
 
     fn slot_index(&self, offset: u64) -> Result<usize> {
