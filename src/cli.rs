@@ -33,6 +33,32 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List volumes, or a directory inside a guest filesystem of an image.
+    #[command(
+        after_help = "Paths are <volume>/<path>: p1, p2, ... by partition number, or whole for a\npartitionless disk.\n\nExamples:\n  vmback ls disk.vmdk                 # the volumes\n  vmback ls disk.vmdk p2/Windows -l   # a directory, long format\n  vmback ls disk.qcow2 whole/etc --json"
+    )]
+    Ls {
+        /// The image file.
+        image: PathBuf,
+        /// A path `<volume>/<path in the guest>`; omit to list the volumes.
+        path: Option<String>,
+        /// Long format: type and mode, links, owner, size, modification time.
+        #[arg(short = 'l', long)]
+        long: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a file from a guest filesystem of an image to standard output.
+    #[command(
+        after_help = "Examples:\n  vmback cat disk.vhdx p2/Windows/System32/drivers/etc/hosts\n  vmback cat disk.qcow2 whole/etc/fstab"
+    )]
+    Cat {
+        /// The image file.
+        image: PathBuf,
+        /// The file, as `<volume>/<path in the guest>`.
+        path: String,
+    },
     /// Write the whole virtual disk of an image to a file.
     #[command(after_help = "Examples:\n  vmback export disk.vhdx --format raw -o disk.raw")]
     Export {
