@@ -16,6 +16,9 @@ _vmback() {
             ",$1")
                 cmd="vmback"
                 ;;
+            vmback,cat)
+                cmd="vmback__subcmd__cat"
+                ;;
             vmback,export)
                 cmd="vmback__subcmd__export"
                 ;;
@@ -24,6 +27,12 @@ _vmback() {
                 ;;
             vmback,inspect)
                 cmd="vmback__subcmd__inspect"
+                ;;
+            vmback,ls)
+                cmd="vmback__subcmd__ls"
+                ;;
+            vmback__subcmd__help,cat)
+                cmd="vmback__subcmd__help__subcmd__cat"
                 ;;
             vmback__subcmd__help,export)
                 cmd="vmback__subcmd__help__subcmd__export"
@@ -34,6 +43,9 @@ _vmback() {
             vmback__subcmd__help,inspect)
                 cmd="vmback__subcmd__help__subcmd__inspect"
                 ;;
+            vmback__subcmd__help,ls)
+                cmd="vmback__subcmd__help__subcmd__ls"
+                ;;
             *)
                 ;;
         esac
@@ -41,8 +53,26 @@ _vmback() {
 
     case "${cmd}" in
         vmback)
-            opts="-h -V --threads --help --version inspect export help"
+            opts="-h -V --threads --help --version inspect ls cat export help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmback__subcmd__cat)
+            opts="-h --threads --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -93,8 +123,22 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__help)
-            opts="inspect export help"
+            opts="inspect ls cat export help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmback__subcmd__help__subcmd__cat)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -148,8 +192,40 @@ _vmback() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmback__subcmd__help__subcmd__ls)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmback__subcmd__inspect)
             opts="-h --json --threads --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmback__subcmd__ls)
+            opts="-l -h --long --json --threads --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
