@@ -37,3 +37,10 @@ pub const MAX_QCOW2_SNAPSHOTS: u32 = 65_536;
 
 /// Longest parent / backing file name stored in a header (bytes).
 pub const MAX_PARENT_NAME_BYTES: u64 = 64 * 1024;
+
+/// Longest qcow2 backing file name: 1023 bytes (the spec's own maximum).
+pub const MAX_QCOW2_BACKING_NAME_BYTES: u64 = 1023;
+
+/// Largest extra data of one qcow2 snapshot table entry: 1 KiB (QEMU's own limit;
+/// the spec defines 24 bytes of it today).
+pub const MAX_QCOW2_SNAPSHOT_EXTRA_BYTES: u64 = 1024;
