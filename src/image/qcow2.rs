@@ -547,7 +547,7 @@ impl Layer for Qcow2Layer {
             let n = len.min((buf.len() - pos) as u64) as usize;
             match m {
                 Qcow2Mapping::Data { host } => match &mut pending {
-                    Some((h, start, l)) if *h + *l as u64 == host => *l += n,
+                    Some((h, _, l)) if h.checked_add(*l as u64) == Some(host) => *l += n,
                     _ => {
                         if let Some((h, start, l)) = pending.take() {
                             self.read_host(h, offset + start as u64, &mut buf[start..start + l])?;
@@ -595,5 +595,40 @@ impl Layer for Qcow2Layer {
 
     fn bytes_read(&self) -> u64 {
         self.src.bytes_read() + self.data.as_ref().map_or(0, |d| d.bytes_read())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+    }
+
+    #[test]
+    fn decompression_stops_at_one_cluster_and_ignores_trailing_bytes() {
+        let cluster: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        let mut z = Vec::with_capacity(8192);
+        flate2::Compress::new(flate2::Compression::default(), false)
+            .compress_vec(&cluster, &mut z, flate2::FlushCompress::Finish)
+            .unwrap();
+        z.extend_from_slice(&[0xa5; 300]); // the next cluster's bytes in the same sector
+        let mut out = vec![0u8; 4096];
+        assert_eq!(inflate_raw(&z, &mut out), Ok(4096));
+        assert_eq!(out, cluster);
+        // Cut short: fewer bytes than a cluster, reported as such.
+        let mut out = vec![0u8; 4096];
+        assert!(inflate_raw(&z[..z.len() / 4], &mut out).is_ok_and(|n| n < 4096));
+
+        let mut s = zstd::bulk::compress(&cluster, 3).unwrap();
+        s.extend_from_slice(&[0xa5; 300]);
+        let mut out = vec![0u8; 4096];
+        assert_eq!(unzstd(&s, &mut out), Ok(4096));
+        assert_eq!(out, cluster);
+        assert!(unzstd(&[0xff; 64], &mut out).is_err());
     }
 }
