@@ -296,6 +296,35 @@ impl Qcow2Layer {
         })
     }
 
+    /// The run of uncompressed data starting at guest `offset` (host `host`, first
+    /// piece `first` bytes): the host-contiguous stretch, split where the host file
+    /// has holes. A hole inside an allocated cluster reads as zeros (it never falls
+    /// through to the backing file), so it is reported as `Zero` and never read:
+    /// this keeps preallocated images (`preallocation=metadata`, raw external data
+    /// files) as cheap to export as QEMU makes them.
+    fn data_stretch(
+        &self,
+        offset: u64,
+        host: u64,
+        first: u64,
+        max_len: u64,
+        cur: &mut Cursor,
+    ) -> Result<(RunKind, u64)> {
+        let mut stretch = first;
+        while stretch < max_len {
+            match self.mapping(offset + stretch, cur)? {
+                (Qcow2Mapping::Data { host: h }, l) if host.checked_add(stretch) == Some(h) => {
+                    stretch += l.min(max_len - stretch)
+                }
+                _ => break,
+            }
+        }
+        Ok(match super::raw::file_run(self.data_src(), host, stretch) {
+            (RunKind::Unallocated, n) => (RunKind::Zero, n),
+            (_, n) => (RunKind::Data, n),
+        })
+    }
+
     /// Reads `buf.len()` bytes of the data file at `host` for guest offset `guest`.
     fn read_host(&self, host: u64, guest: u64, buf: &mut [u8]) -> Result<()> {
         let f = self.data_src();
@@ -523,6 +552,9 @@ impl Layer for Qcow2Layer {
     fn run_at(&self, offset: u64, max_len: u64) -> Result<(RunKind, u64)> {
         let mut cur = Cursor::default();
         let (m, len) = self.mapping(offset, &mut cur)?;
+        if let Qcow2Mapping::Data { host } = m {
+            return self.data_stretch(offset, host, len.min(max_len), max_len, &mut cur);
+        }
         let kind = kind_of(&m);
         let mut total = len.min(max_len);
         while total < max_len {
