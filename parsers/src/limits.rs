@@ -44,3 +44,7 @@ pub const MAX_QCOW2_BACKING_NAME_BYTES: u64 = 1023;
 /// Largest extra data of one qcow2 snapshot table entry: 1 KiB (QEMU's own limit;
 /// the spec defines 24 bytes of it today).
 pub const MAX_QCOW2_SNAPSHOT_EXTRA_BYTES: u64 = 1024;
+
+/// Most bytes of a qcow2 snapshot table read to list the snapshots: 16 MiB (a
+/// thousand snapshots with long names fit many times over).
+pub const MAX_QCOW2_SNAPSHOT_TABLE_BYTES: u64 = 16 << 20;

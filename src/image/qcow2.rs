@@ -20,7 +20,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vmback_parsers::limits::MAX_DESCRIPTOR_BYTES;
+use vmback_parsers::limits::MAX_QCOW2_SNAPSHOT_TABLE_BYTES;
 use vmback_parsers::qcow2::header::Qcow2Header;
 use vmback_parsers::qcow2::l2::Qcow2Mapping;
 use vmback_parsers::qcow2::snapshot::SNAPSHOT_FIXED_LEN;
@@ -510,8 +510,8 @@ fn read_snapshots(
             "qcow2 snapshot table",
             h.snapshots_offset,
             total,
-            MAX_DESCRIPTOR_BYTES * 16,
-            "MAX_DESCRIPTOR_BYTES * 16",
+            MAX_QCOW2_SNAPSHOT_TABLE_BYTES,
+            "MAX_QCOW2_SNAPSHOT_TABLE_BYTES",
         )?;
         let mut buf = vec![0u8; len];
         let n = src.read_at_most(pos, &mut buf).unwrap_or(0);
