@@ -67,3 +67,14 @@ pub const MAX_VHDX_METADATA_BYTES: u64 = 16 << 20;
 
 /// Most key/value pairs in a VHDX parent locator (five are defined; writers add few).
 pub const MAX_VHDX_LOCATOR_ENTRIES: u16 = 256;
+
+/// Longest qcow2 backing file name: 1023 bytes (the spec's own maximum).
+pub const MAX_QCOW2_BACKING_NAME_BYTES: u64 = 1023;
+
+/// Largest extra data of one qcow2 snapshot table entry: 1 KiB (QEMU's own limit;
+/// the spec defines 24 bytes of it today).
+pub const MAX_QCOW2_SNAPSHOT_EXTRA_BYTES: u64 = 1024;
+
+/// Most bytes of a qcow2 snapshot table read to list the snapshots: 16 MiB (a
+/// thousand snapshots with long names fit many times over).
+pub const MAX_QCOW2_SNAPSHOT_TABLE_BYTES: u64 = 16 << 20;
