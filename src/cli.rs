@@ -59,6 +59,26 @@ pub enum Command {
         /// The file, as `<volume>/<path in the guest>`.
         path: String,
     },
+    /// Copy files or directory trees out of a guest filesystem of an image.
+    #[command(
+        after_help = "Existing files in the target are never overwritten; symlinks are recreated,\nnever followed; names a guest could use to escape the target ('..', '/', NUL)\nare refused and reported.\n\nExamples:\n  vmback get disk.vmdk p2/Users/alice/Documents --target ./restore\n  vmback get disk.qcow2 whole/etc/fstab whole/etc/hosts --target /tmp/r"
+    )]
+    Get {
+        /// The image file.
+        image: PathBuf,
+        /// Paths as `<volume>/<path in the guest>`.
+        #[arg(required = true)]
+        paths: Vec<String>,
+        /// Directory to restore into (created if missing).
+        #[arg(long, short = 't', value_name = "DIR")]
+        target: PathBuf,
+        /// Also restore owner uid/gid (needs root).
+        #[arg(long)]
+        owner: bool,
+        /// Print a JSON report.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the whole virtual disk of an image to a file.
     #[command(after_help = "Examples:\n  vmback export disk.vhdx --format raw -o disk.raw")]
     Export {

@@ -9,6 +9,7 @@ pub mod browse;
 pub mod cli;
 pub mod error;
 pub mod export;
+pub mod get;
 pub mod guestfs;
 pub mod image;
 pub mod inspect;

@@ -98,6 +98,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(p) => vmback::ls::list_path(&view, &p, long, json, out)?,
             }
         }
+        Command::Get {
+            image,
+            paths,
+            target,
+            owner,
+            json,
+        } => {
+            let disk = Arc::new(image::open(&image)?);
+            let view = DiskView::new(disk, &image.display().to_string())?;
+            let report =
+                vmback::get::get(&view, &paths, &target, &vmback::get::GetOptions { owner })?;
+            if json {
+                writeln!(stdout(), "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                for e in &report.errors {
+                    eprintln!("vmback: {e}");
+                }
+                eprintln!(
+                    "restored {} files, {} directories, {} symlinks, {} hard links ({}) into {}{}",
+                    report.files,
+                    report.dirs,
+                    report.symlinks,
+                    report.hardlinks,
+                    human(report.bytes),
+                    target.display(),
+                    if report.skipped > 0 {
+                        format!("; {} entries failed (listed above)", report.skipped)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            if report.skipped > 0 {
+                return Ok(ExitCode::from(1));
+            }
+        }
         Command::Cat { image, path } => {
             let disk = Arc::new(image::open(&image)?);
             let view = DiskView::new(disk, &image.display().to_string())?;

@@ -22,6 +22,9 @@ _vmback() {
             vmback,export)
                 cmd="vmback__subcmd__export"
                 ;;
+            vmback,get)
+                cmd="vmback__subcmd__get"
+                ;;
             vmback,help)
                 cmd="vmback__subcmd__help"
                 ;;
@@ -36,6 +39,9 @@ _vmback() {
                 ;;
             vmback__subcmd__help,export)
                 cmd="vmback__subcmd__help__subcmd__export"
+                ;;
+            vmback__subcmd__help,get)
+                cmd="vmback__subcmd__help__subcmd__get"
                 ;;
             vmback__subcmd__help,help)
                 cmd="vmback__subcmd__help__subcmd__help"
@@ -53,7 +59,7 @@ _vmback() {
 
     case "${cmd}" in
         vmback)
-            opts="-h -V --threads --help --version inspect ls cat export help"
+            opts="-h -V --threads --help --version inspect ls cat get export help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -122,8 +128,34 @@ _vmback() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmback__subcmd__get)
+            opts="-t -h --target --owner --json --threads --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --target)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -t)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmback__subcmd__help)
-            opts="inspect ls cat export help"
+            opts="inspect ls cat get export help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -151,6 +183,20 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__help__subcmd__export)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmback__subcmd__help__subcmd__get)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
