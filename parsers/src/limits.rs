@@ -67,3 +67,8 @@ pub const MAX_VHDX_METADATA_BYTES: u64 = 16 << 20;
 
 /// Most key/value pairs in a VHDX parent locator (five are defined; writers add few).
 pub const MAX_VHDX_LOCATOR_ENTRIES: u16 = 256;
+
+/// Most 32-byte slots read from one FAT directory: 65,536, the limit of the FAT
+/// specification (a directory is at most 2 MiB, as entries are addressed by a 16-bit
+/// index). A cyclic cluster chain makes a directory endless, so reading stops here.
+pub const MAX_FAT_DIR_ENTRIES: u64 = 65_536;
