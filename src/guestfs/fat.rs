@@ -134,7 +134,11 @@ impl FatDisk {
 
 impl Read for FatDisk {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.vol.size().saturating_sub(self.pos).min(buf.len() as u64);
+        let n = self
+            .vol
+            .size()
+            .saturating_sub(self.pos)
+            .min(buf.len() as u64);
         let left = self.budget.get();
         if n > left {
             return Err(std::io::Error::new(
@@ -382,11 +386,10 @@ impl FatFs {
                 FatType::Fat32 => "fat32",
             };
             w.budget.set(DIR_SCAN_BUDGET);
-            let root_label = catch_unwind(AssertUnwindSafe(|| {
-                w.fs.read_volume_label_from_root_dir()
-            }))
-            .map_err(|_| panicked(&n, "/ (volume label)"))?
-            .map_err(|e| io_error(&n, "/ (volume label)", e))?;
+            let root_label =
+                catch_unwind(AssertUnwindSafe(|| w.fs.read_volume_label_from_root_dir()))
+                    .map_err(|_| panicked(&n, "/ (volume label)"))?
+                    .map_err(|e| io_error(&n, "/ (volume label)", e))?;
             let clean = |s: String| {
                 let s = s.trim_end().to_string();
                 (!s.is_empty() && s != "NO NAME").then_some(s)
@@ -434,13 +437,12 @@ impl FatFs {
     ) -> Result<R> {
         let fs_name = self.name.clone();
         let gp = guest_path(path);
-        self.pool.run(move |w| {
-            match catch_unwind(AssertUnwindSafe(|| f(w))) {
+        self.pool
+            .run(move |w| match catch_unwind(AssertUnwindSafe(|| f(w))) {
                 Ok(Ok(r)) => Ok(r),
                 Ok(Err(e)) => Err(io_error(&fs_name, &gp, e)),
                 Err(_) => Err(panicked(&fs_name, &gp)),
-            }
-        })?
+            })?
     }
 }
 
@@ -656,10 +658,7 @@ mod tests {
         let ts = datetime_ts(t).unwrap();
         assert_eq!((ts.secs, ts.nanos), (951_868_800 + 86_398, 990_000_000));
         let bad = fatfs::DateTime {
-            time: fatfs::Time {
-                hour: 31,
-                ..t.time
-            },
+            time: fatfs::Time { hour: 31, ..t.time },
             ..t
         };
         assert_eq!(datetime_ts(bad), None);
