@@ -78,3 +78,8 @@ pub const MAX_QCOW2_SNAPSHOT_EXTRA_BYTES: u64 = 1024;
 /// Most bytes of a qcow2 snapshot table read to list the snapshots: 16 MiB (a
 /// thousand snapshots with long names fit many times over).
 pub const MAX_QCOW2_SNAPSHOT_TABLE_BYTES: u64 = 16 << 20;
+
+/// Most 32-byte slots read from one FAT directory: 65,536, the limit of the FAT
+/// specification (a directory is at most 2 MiB, as entries are addressed by a 16-bit
+/// index). A cyclic cluster chain makes a directory endless, so reading stops here.
+pub const MAX_FAT_DIR_ENTRIES: u64 = 65_536;
