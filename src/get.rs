@@ -35,8 +35,13 @@ use crate::progress::bytes_bar;
 const HOLE_BLOCK: usize = 64 << 10;
 /// Read size per call into the guest filesystem.
 const READ_CHUNK: usize = 4 << 20;
-/// Deepest directory nesting followed (a hostile image could nest without end).
-const MAX_DEPTH: usize = 4096;
+/// Deepest directory nesting followed. Real trees stay far below; a corrupt
+/// directory that points back at an ancestor would otherwise nest without end.
+const MAX_DEPTH: usize = 256;
+/// No filesystem stores an entry in fewer bytes than this (a FAT slot); a volume of
+/// N bytes therefore cannot hold more than N / 32 entries, whatever its directories
+/// claim. Restoring more means the tree is cyclic or corrupt.
+const MIN_ENTRY_BYTES: u64 = 32;
 
 /// What `get` did.
 #[derive(Debug, Default, Serialize)]
@@ -66,6 +71,11 @@ struct Ctx<'a> {
     bar: indicatif::ProgressBar,
     opts: GetOptions,
     is_root: bool,
+    /// Identities (`link_id`) of the directories being restored, root to current:
+    /// a directory that is its own ancestor is a cycle.
+    ancestors: Vec<u64>,
+    /// Entries still allowed (see [`MIN_ENTRY_BYTES`]).
+    budget: u64,
 }
 
 /// Restores each of `paths` (path grammar `<volume>/<guest path>`) into `target`.
@@ -99,6 +109,8 @@ pub fn get(
             bar: bar.clone(),
             opts: opts.clone(),
             is_root: rustix::process::geteuid().is_root(),
+            ancestors: Vec::new(),
+            budget: (r.volume.len / MIN_ENTRY_BYTES).max(1024),
         };
         let guest = r.guest_path.trim_end_matches('/').to_string();
         restore_node(
@@ -162,6 +174,22 @@ fn restore_node(
         ctx.fail(&format!("{guest} [{shown}]"), format!("refused: {why}"));
         return;
     }
+    if ctx.budget == 0 {
+        if ctx
+            .report
+            .errors
+            .last()
+            .is_none_or(|e| !e.contains("more entries than the volume can hold"))
+        {
+            ctx.fail(
+                guest,
+                "stopped: more entries than the volume can hold (cyclic or corrupt directories)"
+                    .into(),
+            );
+        }
+        return;
+    }
+    ctx.budget -= 1;
     let host = parent.join(name);
     let meta = match ctx.fs.metadata(node) {
         Ok(m) => m,
@@ -215,9 +243,13 @@ fn restore_dir(
     }
     let mut entries = ctx.fs.read_dir(node)?;
     entries.sort_by(|a, b| a.name.cmp(&b.name));
+    ctx.ancestors.extend(meta.link_id);
     for e in entries {
         let child_guest = format!("{guest}/{}", crate::ls::display_name(e.name.as_bytes()));
         restore_node(ctx, e.node, &e.name, &child_guest, host, depth + 1);
+    }
+    if meta.link_id.is_some() {
+        ctx.ancestors.pop();
     }
     apply_metadata(ctx, host, meta, false)
 }

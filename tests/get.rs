@@ -215,3 +215,57 @@ fn hostile_names_never_escape_the_target() {
         }
     }
 }
+
+/// A FAT directory entry whose first cluster is 0 points back at the root: two such
+/// entries make an infinitely branching tree. `get` must stop, bounded by depth and
+/// by the number of entries the volume could possibly hold.
+#[test]
+fn cyclic_directories_are_bounded() {
+    if !have_tool("mkfs.vfat") || !have_tool("mmd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("fat12.img");
+    run_ok(
+        Command::new("mkfs.vfat")
+            .args(["-C", "-n", "CYCLE"])
+            .arg(&img)
+            .arg("720"),
+    );
+    run_ok(
+        Command::new("mmd")
+            .arg("-i")
+            .arg(&img)
+            .args(["::SUBA", "::SUBB"]),
+    );
+    let mut b = std::fs::read(&img).unwrap();
+    for name in [b"SUBA       ", b"SUBB       "] {
+        let at = b
+            .windows(12)
+            .position(|w| &w[..11] == name && w[11] == 0x10)
+            .expect("directory entry");
+        b[at + 26] = 0; // first cluster (low word) = 0: the root directory
+        b[at + 27] = 0;
+    }
+    std::fs::write(&img, &b).unwrap();
+    let target = dir.path().join("restore");
+    let started = std::time::Instant::now();
+    let err = run_err(
+        vmback()
+            .arg("get")
+            .arg(&img)
+            .args(["whole", "--target"])
+            .arg(&target),
+    );
+    assert!(
+        err.contains("more entries than the volume can hold") || err.contains("deeper than"),
+        "{err}"
+    );
+    // 720 KiB / 32 bytes per entry bounds the work, whatever the fan-out.
+    let created = all_paths(&target).len();
+    assert!(
+        created <= 720 * 1024 / 32 + 16,
+        "{created} entries restored from a 720 KiB volume"
+    );
+    eprintln!("stopped after {created} entries in {:?}", started.elapsed());
+}
