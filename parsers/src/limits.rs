@@ -67,3 +67,22 @@ pub const MAX_VHDX_METADATA_BYTES: u64 = 16 << 20;
 
 /// Most key/value pairs in a VHDX parent locator (five are defined; writers add few).
 pub const MAX_VHDX_LOCATOR_ENTRIES: u16 = 256;
+
+/// Largest NTFS file or index record accepted from a boot sector (Windows writes 1 KiB
+/// or 4 KiB file records and 4 KiB index records; the `ntfs` crate allocates one
+/// record buffer of this size per file it opens).
+pub const MAX_NTFS_RECORD_BYTES: u32 = 64 * 1024;
+
+/// Largest reparse point buffer ([MS-FSCC] 2.1.2: MAXIMUM_REPARSE_DATA_BUFFER_SIZE is
+/// 16 KiB) and Interix symlink file read to find a link target.
+pub const MAX_NTFS_REPARSE_BYTES: u64 = 16 * 1024;
+
+/// Bytes the NTFS adapter may read from the volume for one metadata request (a lookup,
+/// a listing, a stat), on top of the data it returns. The `ntfs` crate walks index
+/// B-trees and attribute lists without cycle detection; this budget turns a cycle in a
+/// corrupt index into an error instead of a hang (a 100 000-entry directory needs
+/// about 20 MiB of index records).
+pub const MAX_NTFS_METADATA_READ_PER_OP: u64 = 256 << 20;
+
+/// Entries listed from one NTFS directory.
+pub const MAX_NTFS_DIR_ENTRIES: usize = 1 << 20;
