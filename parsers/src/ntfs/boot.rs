@@ -6,8 +6,8 @@
 //! size a power of two up to 2 MiB, record sizes powers of two within
 //! 256..=[`MAX_NTFS_RECORD_BYTES`], the MFT starts inside the volume.
 
-use nom::number::complete::{i8 as sbyte, le_u16, le_u64, u8 as byte};
 use nom::bytes::complete::take;
+use nom::number::complete::{i8 as sbyte, le_u16, le_u64, u8 as byte};
 use nom::Parser;
 
 use crate::bytes::{need, run, show_magic};
@@ -32,14 +32,14 @@ pub struct NtfsBoot {
 
 /// The fields we use, with the spec's names (offsets in the sector).
 struct RawBoot<'a> {
-    oem_id: &'a [u8],             // 0x03
-    bytes_per_sector: u16,        // 0x0B
-    sectors_per_cluster: u8,      // 0x0D
-    total_sectors: u64,           // 0x28
-    mft_lcn: u64,                 // 0x30
-    clusters_per_file_record: i8, // 0x40
+    oem_id: &'a [u8],              // 0x03
+    bytes_per_sector: u16,         // 0x0B
+    sectors_per_cluster: u8,       // 0x0D
+    total_sectors: u64,            // 0x28
+    mft_lcn: u64,                  // 0x30
+    clusters_per_file_record: i8,  // 0x40
     clusters_per_index_record: i8, // 0x44
-    serial: u64,                  // 0x48
+    serial: u64,                   // 0x48
 }
 
 fn raw(b: &[u8]) -> Result<RawBoot<'_>> {
@@ -59,16 +59,18 @@ fn raw(b: &[u8]) -> Result<RawBoot<'_>> {
             take(3usize),
             le_u64,
         )
-            .map(|(_, oem_id, bps, spc, _, total, mft, _, fr, _, ir, _, serial)| RawBoot {
-                oem_id,
-                bytes_per_sector: bps,
-                sectors_per_cluster: spc,
-                total_sectors: total,
-                mft_lcn: mft,
-                clusters_per_file_record: fr,
-                clusters_per_index_record: ir,
-                serial,
-            }),
+            .map(
+                |(_, oem_id, bps, spc, _, total, mft, _, fr, _, ir, _, serial)| RawBoot {
+                    oem_id,
+                    bytes_per_sector: bps,
+                    sectors_per_cluster: spc,
+                    total_sectors: total,
+                    mft_lcn: mft,
+                    clusters_per_file_record: fr,
+                    clusters_per_index_record: ir,
+                    serial,
+                },
+            ),
         b,
         WHAT,
         0,
@@ -109,7 +111,11 @@ pub fn parse_ntfs_boot(b: &[u8], volume_size: u64) -> Result<NtfsBoot> {
     }
     .filter(|c| *c <= 2 << 20)
     .ok_or_else(|| {
-        ParseError::corrupt(WHAT, 0x0d, format!("sectors per cluster {spc:#x} is invalid"))
+        ParseError::corrupt(
+            WHAT,
+            0x0d,
+            format!("sectors per cluster {spc:#x} is invalid"),
+        )
     })?;
     let record = |v: i8, off: u64, name: &str| -> Result<u32> {
         let size = if v > 0 {
@@ -117,9 +123,15 @@ pub fn parse_ntfs_boot(b: &[u8], volume_size: u64) -> Result<NtfsBoot> {
         } else {
             1u32.checked_shl(u32::from(v.unsigned_abs()))
         };
-        let size = size.filter(|s| s.is_power_of_two() && *s >= 256).ok_or_else(|| {
-            ParseError::corrupt(WHAT, off, format!("{name} record size field {v} is invalid"))
-        })?;
+        let size = size
+            .filter(|s| s.is_power_of_two() && *s >= 256)
+            .ok_or_else(|| {
+                ParseError::corrupt(
+                    WHAT,
+                    off,
+                    format!("{name} record size field {v} is invalid"),
+                )
+            })?;
         if size > MAX_NTFS_RECORD_BYTES {
             return Err(ParseError::LimitExceeded {
                 what: WHAT,
@@ -133,18 +145,31 @@ pub fn parse_ntfs_boot(b: &[u8], volume_size: u64) -> Result<NtfsBoot> {
     };
     let file_record_size = record(r.clusters_per_file_record, 0x40, "file")?;
     let index_record_size = record(r.clusters_per_index_record, 0x44, "index")?;
-    let volume_bytes = r.total_sectors.checked_mul(sector_size.into()).ok_or_else(|| {
-        ParseError::corrupt(WHAT, 0x28, format!("total sectors {} overflow", r.total_sectors))
-    })?;
+    let volume_bytes = r
+        .total_sectors
+        .checked_mul(sector_size.into())
+        .ok_or_else(|| {
+            ParseError::corrupt(
+                WHAT,
+                0x28,
+                format!("total sectors {} overflow", r.total_sectors),
+            )
+        })?;
     let mft_offset = r
         .mft_lcn
         .checked_mul(cluster_size.into())
-        .filter(|o| o.checked_add(file_record_size.into()).is_some_and(|e| e <= volume_size))
+        .filter(|o| {
+            o.checked_add(file_record_size.into())
+                .is_some_and(|e| e <= volume_size)
+        })
         .ok_or_else(|| {
             ParseError::corrupt(
                 WHAT,
                 0x30,
-                format!("MFT cluster {} lies outside the volume ({volume_size} bytes)", r.mft_lcn),
+                format!(
+                    "MFT cluster {} lies outside the volume ({volume_size} bytes)",
+                    r.mft_lcn
+                ),
             )
         })?;
     Ok(NtfsBoot {
@@ -205,7 +230,10 @@ mod tests {
     #[test]
     fn each_rule_rejects() {
         reject(|b| b[3] = b'X', 3);
-        reject(|b| b[0x0b..0x0d].copy_from_slice(&768u16.to_le_bytes()), 0x0b);
+        reject(
+            |b| b[0x0b..0x0d].copy_from_slice(&768u16.to_le_bytes()),
+            0x0b,
+        );
         reject(|b| b[0x0d] = 3, 0x0d);
         reject(|b| b[0x0d] = 0, 0x0d);
         reject(|b| b[0x0d] = 0xe0, 0x0d); // 2^32
@@ -213,8 +241,14 @@ mod tests {
         reject(|b| b[0x40] = 0xe0, 0x40); // 2^32
         reject(|b| b[0x40] = 0xee, 0x40); // 256 KiB > cap
         reject(|b| b[0x44] = 0, 0x44); // 2^0 = 1 byte
-        reject(|b| b[0x30..0x38].copy_from_slice(&5000u64.to_le_bytes()), 0x30);
-        reject(|b| b[0x30..0x38].copy_from_slice(&u64::MAX.to_le_bytes()), 0x30);
+        reject(
+            |b| b[0x30..0x38].copy_from_slice(&5000u64.to_le_bytes()),
+            0x30,
+        );
+        reject(
+            |b| b[0x30..0x38].copy_from_slice(&u64::MAX.to_le_bytes()),
+            0x30,
+        );
         reject(|b| b.truncate(511), 0);
     }
 

@@ -38,12 +38,12 @@ pub enum NtfsReparse {
 
 /// The fixed fields with the spec's names (offsets from the start of the buffer).
 struct RawReparse {
-    reparse_tag: u32,         // 0x00
-    reparse_data_length: u16, // 0x04
+    reparse_tag: u32,            // 0x00
+    reparse_data_length: u16,    // 0x04
     substitute_name_offset: u16, // 0x08
     substitute_name_length: u16, // 0x0A
-    print_name_offset: u16,   // 0x0C
-    print_name_length: u16,   // 0x0E
+    print_name_offset: u16,      // 0x0C
+    print_name_length: u16,      // 0x0E
 }
 
 /// Parses a reparse buffer; `base` is its absolute offset for errors.
@@ -103,16 +103,19 @@ pub fn parse_reparse(b: &[u8], base: u64) -> Result<NtfsReparse> {
 
 fn utf16(paths: &[u8], off: u16, len: u16, base: u64) -> Result<String> {
     if len % 2 != 0 {
-        return Err(ParseError::corrupt(WHAT, base, format!("name length {len} is odd")));
+        return Err(ParseError::corrupt(
+            WHAT,
+            base,
+            format!("name length {len} is odd"),
+        ));
     }
     let raw = slice(paths, off.into(), len.into(), WHAT, base)?;
     let units: Vec<u16> = raw
         .chunks_exact(2)
         .map(|c| u16::from_le_bytes([c[0], c[1]]))
         .collect();
-    String::from_utf16(&units).map_err(|_| {
-        ParseError::corrupt(WHAT, base + u64::from(off), "name is not valid UTF-16")
-    })
+    String::from_utf16(&units)
+        .map_err(|_| ParseError::corrupt(WHAT, base + u64::from(off), "name is not valid UTF-16"))
 }
 
 /// The target of an Interix symlink file (its whole content), or `None` if the bytes
@@ -125,7 +128,10 @@ pub fn parse_interix_symlink(b: &[u8], base: u64) -> Result<Option<String>> {
         return Err(ParseError::corrupt(
             "Interix symlink",
             base,
-            format!("target of {} bytes is not UTF-16 within the cap", rest.len()),
+            format!(
+                "target of {} bytes is not UTF-16 within the cap",
+                rest.len()
+            ),
         ));
     }
     let units: Vec<u16> = rest
@@ -178,14 +184,24 @@ mod tests {
         );
         let b = buffer(IO_REPARSE_TAG_MOUNT_POINT, "\\??\\C:\\W", "C:\\W", None);
         match parse_reparse(&b, 0).unwrap() {
-            NtfsReparse::Link { target, relative, .. } => {
+            NtfsReparse::Link {
+                target, relative, ..
+            } => {
                 assert_eq!(target, "\\??\\C:\\W");
                 assert!(!relative);
             }
             o => panic!("{o:?}"),
         }
-        let other = 0x8000_0013u32.to_le_bytes().iter().chain(&[0, 0, 0, 0]).copied().collect::<Vec<_>>();
-        assert_eq!(parse_reparse(&other, 0).unwrap(), NtfsReparse::Other { tag: 0x8000_0013 });
+        let other = 0x8000_0013u32
+            .to_le_bytes()
+            .iter()
+            .chain(&[0, 0, 0, 0])
+            .copied()
+            .collect::<Vec<_>>();
+        assert_eq!(
+            parse_reparse(&other, 0).unwrap(),
+            NtfsReparse::Other { tag: 0x8000_0013 }
+        );
     }
 
     #[test]
@@ -194,7 +210,10 @@ mod tests {
         // Data length beyond the buffer.
         let mut b = good.clone();
         b[4] = 0xff;
-        assert!(matches!(parse_reparse(&b, 0x100), Err(ParseError::Truncated { offset: 0x108, .. })));
+        assert!(matches!(
+            parse_reparse(&b, 0x100),
+            Err(ParseError::Truncated { offset: 0x108, .. })
+        ));
         // Substitute name beyond the path buffer.
         let mut b = good.clone();
         b[8] = 0x40;
@@ -202,24 +221,39 @@ mod tests {
         // Odd name length.
         let mut b = good.clone();
         b[10] = 5;
-        assert!(matches!(parse_reparse(&b, 0), Err(ParseError::Corrupt { .. })));
+        assert!(matches!(
+            parse_reparse(&b, 0),
+            Err(ParseError::Corrupt { .. })
+        ));
         // Unpaired surrogate.
         let mut b = good.clone();
         let at = b.len() - 2;
         b[at..].copy_from_slice(&0xd800u16.to_le_bytes());
-        assert!(matches!(parse_reparse(&b, 0), Err(ParseError::Corrupt { .. })));
+        assert!(matches!(
+            parse_reparse(&b, 0),
+            Err(ParseError::Corrupt { .. })
+        ));
         // Over the cap.
         let big = vec![0u8; MAX_NTFS_REPARSE_BYTES as usize + 1];
-        assert!(matches!(parse_reparse(&big, 0), Err(ParseError::LimitExceeded { .. })));
+        assert!(matches!(
+            parse_reparse(&big, 0),
+            Err(ParseError::LimitExceeded { .. })
+        ));
         // Too short for the header.
-        assert!(matches!(parse_reparse(&good[..7], 0), Err(ParseError::Truncated { .. })));
+        assert!(matches!(
+            parse_reparse(&good[..7], 0),
+            Err(ParseError::Truncated { .. })
+        ));
     }
 
     #[test]
     fn interix() {
         let mut b = INTERIX_SYMLINK_MAGIC.to_vec();
         b.extend(u16s("file-with-12345"));
-        assert_eq!(parse_interix_symlink(&b, 0).unwrap().as_deref(), Some("file-with-12345"));
+        assert_eq!(
+            parse_interix_symlink(&b, 0).unwrap().as_deref(),
+            Some("file-with-12345")
+        );
         assert_eq!(parse_interix_symlink(b"hello", 0).unwrap(), None);
         b.push(0);
         assert!(parse_interix_symlink(&b, 0).is_err());
