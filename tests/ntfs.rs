@@ -240,19 +240,8 @@ fn sample_every_file_matches_ntfs3g() {
     assert!(m.len() > 300, "manifest too short: {}", m.len());
     for (sha, path) in &m {
         let node = resolve(&*fs, path);
-        match read_all(&*fs, node) {
-            Ok(data) => assert_eq!(&hex_sha(&data), sha, "{path}"),
-            Err(e) => {
-                // LZNT1 is not implemented: a clear error naming the file, never bad data.
-                let msg = vmback::error::chain(&e);
-                assert!(
-                    path == "cdir/compressed.txt"
-                        && msg.contains("compressed")
-                        && msg.contains("/cdir/compressed.txt"),
-                    "{path}: {msg}"
-                );
-            }
-        }
+        let data = read_all(&*fs, node).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(&hex_sha(&data), sha, "{path}");
     }
     // The same through the binary, for a few (unicode name, ADS, deep path).
     let want: std::collections::HashMap<_, _> =
@@ -265,13 +254,16 @@ fn sample_every_file_matches_ntfs3g() {
     ] {
         assert_eq!(hex_sha(&cat(&img, &format!("whole/{p}"))), want[p], "{p}");
     }
-    let err = run_err(
-        vmback()
-            .arg("cat")
-            .arg(&img)
-            .arg("whole/cdir/compressed.txt"),
+    // LZNT1: compressed units, an incompressible unit stored as is, an all-sparse unit.
+    for p in ["cdir/compressed.txt", "cdir/random.bin", "cdir/sparse.bin"] {
+        assert_eq!(hex_sha(&cat(&img, &format!("whole/{p}"))), want[p], "{p}");
+    }
+    let v = json(&img, "whole/cdir/compressed.txt");
+    assert_eq!(
+        v["attributes"].as_u64().unwrap() & 0x800,
+        0x800,
+        "compressed attribute"
     );
-    assert!(err.contains("not supported: NTFS compressed file"), "{err}");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //!
 //! - [`boot`]: the boot sector, validated against our caps first, because the crate
 //!   allocates one file record buffer sized by it;
+//! - [`lznt1`]: the decompressor for compressed files (the crate reads them raw);
 //! - [`reparse`]: reparse point buffers (symlinks, junctions) and ntfs-3g's Interix
 //!   symlink files, which the crate leaves as raw bytes.
 //!
@@ -11,4 +12,5 @@
 //! project (flatcap.github.io/linux-ntfs) and [MS-FSCC] 2.1.2 (reparse data buffers).
 
 pub mod boot;
+pub mod lznt1;
 pub mod reparse;
