@@ -273,7 +273,6 @@ fn find_stream<'n, 'f, T: Read + Seek>(
         }
         k = k.saturating_add(1);
         if k == stream {
-            drop(attr);
             return Ok(Some(item));
         }
     }
