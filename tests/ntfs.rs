@@ -464,3 +464,77 @@ fn bit_flip_sweep_never_panics() {
     eprintln!("{tried} flips, {errors} errors, {:?}", start.elapsed());
     assert!(tried > 50 && errors > 0, "{tried} flips, {errors} errors");
 }
+
+/// Makes the last entry of one index block of `many_subdirs` point at the block itself
+/// (undoing and redoing the update sequence fixups so the block stays valid): listing
+/// and lookups must fail on the read budget instead of looping forever.
+#[test]
+fn index_cycle_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(img) = testfs1(dir.path()) else {
+        return;
+    };
+    let mut bytes = std::fs::read(&img).unwrap();
+    let mft_name: Vec<u8> = "$MFT".encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let at = (0..bytes.len() - 4096)
+        .step_by(512)
+        .find(|&a| {
+            &bytes[a..a + 4] == b"INDX" && !bytes[a..a + 4096].windows(8).any(|w| w == mft_name)
+        })
+        .expect("an index block of many_subdirs");
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) as usize;
+    let mut block = bytes[at..at + 4096].to_vec();
+    let (usa, count) = (u16_at(&block, 4), u16_at(&block, 6));
+    let usn = [block[usa], block[usa + 1]];
+    for i in 1..count {
+        let (end, saved) = (i * 512 - 2, usa + 2 * i);
+        let orig = [block[saved], block[saved + 1]];
+        block[end..end + 2].copy_from_slice(&orig);
+    }
+    let vcn = block[0x10..0x18].to_vec();
+    let mut e = 0x18 + u32_at(&block, 0x18);
+    let mut last_key = String::new();
+    while block[e + 12] & 2 == 0 {
+        // The key is a $FILE_NAME: name length at +0x40, UTF-16 name at +0x42.
+        let (len, name) = (block[e + 0x10 + 0x40] as usize, e + 0x10 + 0x42);
+        let units: Vec<u16> = (0..len)
+            .map(|i| u16_at(&block, name + 2 * i) as u16)
+            .collect();
+        last_key = String::from_utf16(&units).unwrap();
+        e += u16_at(&block, e + 8);
+    }
+    assert_eq!(u16_at(&block, e + 8), 0x10, "a leaf block's end entry");
+    block[e + 8..e + 10].copy_from_slice(&0x18u16.to_le_bytes());
+    block[e + 12] |= 1; // has a subnode ...
+    block[e + 0x10..e + 0x18].copy_from_slice(&vcn); // ... which is this very block
+    let used = u32_at(&block, 0x1c) + 8;
+    block[0x1c..0x20].copy_from_slice(&(used as u32).to_le_bytes());
+    block[0x24] |= 1;
+    for i in 1..count {
+        let (end, saved) = (i * 512 - 2, usa + 2 * i);
+        let orig = [block[end], block[end + 1]];
+        block[saved..saved + 2].copy_from_slice(&orig);
+        block[end..end + 2].copy_from_slice(&usn);
+    }
+    bytes[at..at + 4096].copy_from_slice(&block);
+    let path = dir.path().join("cycle.img");
+    std::fs::write(&path, &bytes).unwrap();
+    let start = std::time::Instant::now();
+    let err = run_err(vmback().arg("ls").arg(&path).arg("whole/many_subdirs"));
+    assert!(
+        err.contains("/many_subdirs") && err.contains("metadata read for one request"),
+        "{err}"
+    );
+    // A name just after the block's last key: the search ends in the cyclic entry.
+    let probe = format!("whole/many_subdirs/{last_key} ");
+    let err = run_err(vmback().arg("cat").arg(&path).arg(&probe));
+    assert!(err.contains("metadata read for one request"), "{err}");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+    // The rest of the volume still reads.
+    assert_eq!(cat(&path, "whole/file-with-12345"), b"12345");
+}

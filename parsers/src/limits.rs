@@ -81,8 +81,9 @@ pub const MAX_NTFS_REPARSE_BYTES: u64 = 16 * 1024;
 /// a listing, a stat), on top of the data it returns. The `ntfs` crate walks index
 /// B-trees and attribute lists without cycle detection; this budget turns a cycle in a
 /// corrupt index into an error instead of a hang (a 100 000-entry directory needs
-/// about 20 MiB of index records).
-pub const MAX_NTFS_METADATA_READ_PER_OP: u64 = 256 << 20;
+/// about 20 MiB of index records). It also bounds memory: the crate keeps every index
+/// block on its descent path, so a cycle holds at most this much.
+pub const MAX_NTFS_METADATA_READ_PER_OP: u64 = 64 << 20;
 
 /// Entries listed from one NTFS directory.
 pub const MAX_NTFS_DIR_ENTRIES: usize = 1 << 20;
