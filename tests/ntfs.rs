@@ -538,3 +538,43 @@ fn index_cycle_is_an_error_not_a_hang() {
     // The rest of the volume still reads.
     assert_eq!(cat(&path, "whole/file-with-12345"), b"12345");
 }
+
+/// Hand-built: big.bin's valid data length (initialized size, attribute header +0x38)
+/// set to 10 000 of its 40 000 bytes; past it Windows reads zeros, whatever the
+/// clusters hold.
+#[test]
+fn initialized_size_reads_zeros_beyond() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = sample(dir.path());
+    let good = std::fs::read(&img).unwrap();
+    let fs = open_mem(good.clone()).unwrap();
+    let node = resolve(&*fs, "big.bin");
+    let data = read_all(&*fs, node).unwrap();
+    assert_eq!(data.len(), 40_000);
+    // Find big.bin's non-resident $DATA header in its MFT record: type 0x80, non-resident,
+    // data size 40 000 at +0x30, initialized size 40 000 at +0x38.
+    let record = mft_record(&good, fs.metadata(node).unwrap().link_id.unwrap());
+    let rec = &good[record..record + 1024];
+    let attr = (0..1024 - 0x40)
+        .find(|&a| {
+            rec[a..a + 4] == 0x80u32.to_le_bytes()
+                && rec[a + 8] == 1
+                && rec[a + 0x30..a + 0x38] == 40_000u64.to_le_bytes()
+                && rec[a + 0x38..a + 0x40] == 40_000u64.to_le_bytes()
+        })
+        .expect("$DATA attribute of big.bin");
+    let mut bad = good.clone();
+    let at = record + attr + 0x38;
+    assert!(at % 512 <= 502, "field overlaps a fixup position");
+    bad[at..at + 8].copy_from_slice(&10_000u64.to_le_bytes());
+    let fs = open_mem(bad).unwrap();
+    let got = read_all(&*fs, node).unwrap();
+    assert_eq!(got.len(), 40_000);
+    assert_eq!(got[..10_000], data[..10_000]);
+    assert!(got[10_000..].iter().all(|&b| b == 0));
+    assert!(data[10_000..].iter().any(|&b| b != 0));
+    // A read that starts past the valid data length.
+    let mut buf = [0xffu8; 100];
+    assert_eq!(fs.read_at(node, 20_000, &mut buf).unwrap(), 100);
+    assert_eq!(buf, [0u8; 100]);
+}

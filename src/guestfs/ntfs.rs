@@ -22,14 +22,14 @@
 //! attribute order. Hard links therefore share a NodeId, and `link_id` is the record
 //! number.
 //!
+//! - zeros past the valid data length (initialized size) of non-resident data, which
+//!   the crate reads from the clusters as they are;
 //! - LZNT1-compressed files (the crate would return the compressed clusters as they
 //!   are): decompressed per compression unit ([`vmback_parsers::ntfs::lznt1`]).
 //!
 //! Not supported (reported as errors naming the file, never as wrong data): EFS
 //! encrypted data, compressed files whose runs sit in an attribute list, compression
-//! units other than 16 clusters. Not handled: the "initialized size" of
-//! non-resident data smaller than its data size (the crate reads the clusters as they
-//! are, where Windows would return zeros past the valid data length).
+//! units other than 16 clusters.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -277,6 +277,24 @@ fn find_stream<'n, 'f, T: Read + Seek>(
         }
     }
     Ok(None)
+}
+
+/// The initialized size (valid data length) of a non-resident attribute when it is
+/// below `size`. The crate does not expose it, so it is read from the attribute header
+/// (+0x38) on the volume; records are 512-byte aligned and fixups replace the last two
+/// bytes of every 512-byte stride, so a field overlapping those bytes is not trusted
+/// (and the whole value is then read as stored).
+fn initialized_size(vol: &dyn ReadAt, attr: &ntfs::NtfsAttribute, size: u64) -> Option<u64> {
+    if attr.is_resident() {
+        return None;
+    }
+    let at = attr.position().value()?.get().checked_add(0x38)?;
+    if at % 512 > 502 {
+        return None;
+    }
+    let mut b = [0u8; 8];
+    vol.read_exact_at(at, &mut b).ok()?;
+    Some(u64::from_le_bytes(b)).filter(|&init| init < size)
 }
 
 /// Clusters per compression unit (compression unit exponent 4): the only size
@@ -805,6 +823,13 @@ impl GuestFs for NtfsFs {
             let mut out = vec![0u8; want];
             let got = read_full(&mut value, io, &mut out)?;
             out.truncate(got);
+            // Past the valid data length Windows returns zeros, whatever the clusters hold.
+            if let Some(init) = initialized_size(&**vol, &attr, size) {
+                let keep = usize::try_from(init.saturating_sub(offset)).unwrap_or(usize::MAX);
+                if let Some(tail) = out.get_mut(keep..) {
+                    tail.fill(0);
+                }
+            }
             Ok(out)
         })?;
         // OK: data.len() ≤ len = buf.len().
