@@ -14,18 +14,17 @@
 //! - symlinks: `IO_REPARSE_TAG_SYMLINK` and `IO_REPARSE_TAG_MOUNT_POINT` (junctions)
 //!   reparse points, and ntfs-3g's Interix symlink files (SYSTEM attribute, content
 //!   "IntxLNK\1" + UTF-16 target), as [`FileType::Symlink`];
-//! - alternate data streams as nodes of their own, reachable by `name:stream`.
+//! - alternate data streams as nodes of their own, reachable by `name:stream`;
+//! - zeros past the valid data length (initialized size) of non-resident data, which
+//!   the crate reads from the clusters as they are;
+//! - LZNT1-compressed files (the crate would return the compressed clusters as they
+//!   are): decompressed per compression unit ([`vmback_parsers::ntfs::lznt1`]).
 //!
 //! **NodeId encoding**: bits 0..48 are the MFT record number (NTFS file references
 //! have a 48-bit record number), bits 48..64 the stream: 0 is the file itself (its
 //! unnamed `$DATA`, or the directory), k ≥ 1 the k-th named `$DATA` attribute in
 //! attribute order. Hard links therefore share a NodeId, and `link_id` is the record
 //! number.
-//!
-//! - zeros past the valid data length (initialized size) of non-resident data, which
-//!   the crate reads from the clusters as they are;
-//! - LZNT1-compressed files (the crate would return the compressed clusters as they
-//!   are): decompressed per compression unit ([`vmback_parsers::ntfs::lznt1`]).
 //!
 //! Not supported (reported as errors naming the file, never as wrong data): EFS
 //! encrypted data, compressed files whose runs sit in an attribute list, compression
@@ -326,13 +325,13 @@ fn read_compressed<T: Read + Seek>(
     let at = attr.position().value().map_or(0, |p| p.get());
     let cluster = u64::from(ntfs.cluster_size());
     // The compression unit exponent (attribute header +0x22) is not exposed by the
-    // crate; read it from the volume (a fixup position is never at +0x22 of an
-    // attribute header in a record written by Windows or ntfs-3g... except by chance,
-    // in which case the check below refuses rather than misreads).
+    // crate; read it from the volume. Should it sit on a fixup position (the last two
+    // bytes of a 512-byte stride) the stored byte is not the field: refuse.
     let mut exp = [0u8; 1];
-    vol.read_exact_at(at.saturating_add(0x22), &mut exp)
+    let exp_at = at.saturating_add(0x22);
+    vol.read_exact_at(exp_at, &mut exp)
         .map_err(|e| Fail::Msg(format!("reading the compression unit at {at:#x}: {e}")))?;
-    if exp[0] != 4 || cluster > 4096 {
+    if exp[0] != 4 || cluster > 4096 || exp_at % 512 >= 510 {
         return Err(Fail::Msg(format!(
             "not supported: NTFS compressed file with compression unit 2^{} of {cluster}-byte              clusters (attribute at byte position {at:#x})",
             exp[0]
