@@ -17,6 +17,7 @@ pub mod probe;
 pub mod fsprobe;
 pub mod gpt;
 pub mod mbr;
+pub mod ntfs;
 
 pub mod qcow2;
 pub mod vhd;

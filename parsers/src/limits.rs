@@ -83,3 +83,22 @@ pub const MAX_QCOW2_SNAPSHOT_TABLE_BYTES: u64 = 16 << 20;
 /// specification (a directory is at most 2 MiB, as entries are addressed by a 16-bit
 /// index). A cyclic cluster chain makes a directory endless, so reading stops here.
 pub const MAX_FAT_DIR_ENTRIES: u64 = 65_536;
+/// Largest NTFS file or index record accepted from a boot sector (Windows writes 1 KiB
+/// or 4 KiB file records and 4 KiB index records; the `ntfs` crate allocates one
+/// record buffer of this size per file it opens).
+pub const MAX_NTFS_RECORD_BYTES: u32 = 64 * 1024;
+
+/// Largest reparse point buffer ([MS-FSCC] 2.1.2: MAXIMUM_REPARSE_DATA_BUFFER_SIZE is
+/// 16 KiB) and Interix symlink file read to find a link target.
+pub const MAX_NTFS_REPARSE_BYTES: u64 = 16 * 1024;
+
+/// Bytes the NTFS adapter may read from the volume for one metadata request (a lookup,
+/// a listing, a stat), on top of the data it returns. The `ntfs` crate walks index
+/// B-trees and attribute lists without cycle detection; this budget turns a cycle in a
+/// corrupt index into an error instead of a hang (a 100 000-entry directory needs
+/// about 20 MiB of index records). It also bounds memory: the crate keeps every index
+/// block on its descent path, so a cycle holds at most this much.
+pub const MAX_NTFS_METADATA_READ_PER_OP: u64 = 64 << 20;
+
+/// Entries listed from one NTFS directory.
+pub const MAX_NTFS_DIR_ENTRIES: usize = 1 << 20;

@@ -11,6 +11,7 @@
 pub mod confined;
 pub mod ext4;
 pub mod fat;
+pub mod ntfs;
 
 use std::ffi::{OsStr, OsString};
 use std::sync::Arc;
@@ -98,6 +99,7 @@ pub fn open(volume: Arc<dyn ReadAt>, kind: &str, name: &str) -> Result<Arc<dyn G
     match kind {
         "ext2" | "ext3" | "ext4" => Ok(Arc::new(ext4::Ext4Fs::open(volume, name)?)),
         "fat12" | "fat16" | "fat32" => Ok(Arc::new(fat::FatFs::open(volume, name)?)),
+        "ntfs" => Ok(Arc::new(ntfs::NtfsFs::open(volume, name)?)),
         other => Err(crate::Error::Unsupported {
             path: name.into(),
             feature: format!("filesystem {other} (supported: ntfs, ext2/3/4, fat12/16/32)"),
