@@ -51,13 +51,18 @@ pub fn list_volumes(view: &DiskView, json: bool, out: &mut dyn Write) -> Result<
         return Ok(());
     }
     for v in &t.volumes {
+        let fs_label = match (&v.fs_label, &v.filesystem) {
+            (Some(l), _) => Some(l.clone()),
+            (None, Some(_)) => view.filesystem(&v.name).ok().and_then(|(_, fs)| fs.label()),
+            (None, None) => None,
+        };
         writeln!(
             out,
             "{:<6} {:>10}  {:<6} {}",
             v.name,
             human(v.len),
             v.filesystem.as_deref().unwrap_or("-"),
-            v.fs_label.as_deref().or(v.label.as_deref()).unwrap_or("")
+            fs_label.as_deref().or(v.label.as_deref()).unwrap_or("")
         )
         .map_err(werr)?;
     }
@@ -118,30 +123,43 @@ pub fn list_path(
     long: bool,
     json: bool,
     out: &mut dyn Write,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let r = view.resolve(path)?;
     let meta = r.fs.metadata(r.node)?;
     let mut rows = Vec::new();
+    let mut failed = Vec::new();
     if meta.file_type == FileType::Dir {
         let mut entries = r.fs.read_dir(r.node)?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         for e in entries {
-            let m = if long || json {
-                r.fs.metadata(e.node)?
+            let name = display_name(std::os::unix::ffi::OsStrExt::as_bytes(e.name.as_os_str()));
+            let detail = if long || json {
+                r.fs.metadata(e.node).and_then(|m| {
+                    let target = if m.file_type == FileType::Symlink {
+                        Some(r.fs.read_link(e.node)?)
+                    } else {
+                        None
+                    };
+                    Ok((m, target))
+                })
             } else {
-                placeholder(e.file_type)
+                Ok((placeholder(e.file_type), None))
             };
-            let target = if m.file_type == FileType::Symlink && (long || json) {
-                Some(r.fs.read_link(e.node)?)
-            } else {
-                None
-            };
-            rows.push(Listed {
-                name: display_name(std::os::unix::ffi::OsStrExt::as_bytes(e.name.as_os_str())),
-                meta: m,
-                target: target
-                    .map(|t| display_name(std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str()))),
-            });
+            match detail {
+                Ok((meta, target)) => rows.push(Listed {
+                    name,
+                    meta,
+                    target: target.map(|t| {
+                        display_name(std::os::unix::ffi::OsStrExt::as_bytes(t.as_os_str()))
+                    }),
+                }),
+                // One damaged entry does not hide the others (like ls(1): report, go on).
+                Err(err) => failed.push(format!(
+                    "{}/{name}: {}",
+                    path.trim_end_matches('/'),
+                    crate::error::chain(&err)
+                )),
+            }
         }
     } else {
         let name = r.guest_path.rsplit('/').next().unwrap_or("").to_string();
@@ -164,7 +182,7 @@ pub fn list_path(
             serde_json::to_string_pretty(&rows).unwrap_or_default()
         )
         .map_err(werr)?;
-        return Ok(());
+        return Ok(failed);
     }
     for row in rows {
         if long {
@@ -192,7 +210,7 @@ pub fn list_path(
             writeln!(out, "{}{suffix}", row.name).map_err(werr)?;
         }
     }
-    Ok(())
+    Ok(failed)
 }
 
 fn placeholder(file_type: FileType) -> Metadata {

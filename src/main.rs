@@ -95,7 +95,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let out = &mut stdout().lock();
             match path {
                 None => vmback::ls::list_volumes(&view, json, out)?,
-                Some(p) => vmback::ls::list_path(&view, &p, long, json, out)?,
+                Some(p) => {
+                    let failed = vmback::ls::list_path(&view, &p, long, json, out)?;
+                    for f in &failed {
+                        eprintln!("vmback: cannot read {f}");
+                    }
+                    if !failed.is_empty() {
+                        return Ok(ExitCode::from(1));
+                    }
+                }
             }
         }
         Command::Get {
