@@ -14,7 +14,7 @@
 //! which the table header says); both outputs must have the same sha256. Images are
 //! kept in `$VMBACK_BENCH_DIR` (default `<target>/tmp/bench-export`) for the next run.
 //! `VMBACK_BENCH_FORMATS=vmdk,qcow2` limits the formats; `VMBACK_BENCH_WARM=1` keeps
-//! the cache warm.
+//! the cache warm; `VMBACK_BENCH_PREPARE=1` only builds the images.
 
 use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -82,6 +82,7 @@ fn main() {
     let only: Option<Vec<String>> = std::env::var("VMBACK_BENCH_FORMATS")
         .ok()
         .map(|s| s.split(',').map(str::to_string).collect());
+    let prepare_only = std::env::var("VMBACK_BENCH_PREPARE").as_deref() == Ok("1");
     let cold = std::env::var("VMBACK_BENCH_WARM").as_deref() != Ok("1") && drop_caches();
 
     let src = dir.join("source.raw");
@@ -138,23 +139,33 @@ fn main() {
                 tm.elapsed().as_secs_f64()
             );
         }
+        if prepare_only {
+            continue;
+        }
         let file_alloc = std::fs::metadata(&img).unwrap().blocks() * 512;
         let data = inspect_allocated(&vmback, &img);
         let out_v = dir.join("out-vmback.raw");
         let out_q = dir.join("out-qemu.raw");
         let (mut tv, mut tq) = (Vec::new(), Vec::new());
         let mut read = None;
+        let mut vmback_failed = None;
         let (mut sha_v, mut sha_q) = (String::new(), String::new());
         for rep in 0..REPS {
             if cold {
                 drop_caches();
             }
             let started = Instant::now();
-            let o = run(Command::new(&vmback)
+            let o = Command::new(&vmback)
                 .args(["export", "--json", "--force", "--format", "raw", "-o"])
                 .arg(&out_v)
-                .arg(&img));
+                .arg(&img)
+                .output()
+                .unwrap();
             tv.push(started.elapsed().as_secs_f64());
+            if !o.status.success() {
+                vmback_failed = Some(String::from_utf8_lossy(&o.stderr).trim().to_string());
+                break;
+            }
             let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
             read = v["source_bytes_read"].as_u64();
             if cold {
@@ -173,6 +184,11 @@ fn main() {
             }
             let _ = std::fs::remove_file(&out_v);
             let _ = std::fs::remove_file(&out_q);
+        }
+        if let Some(msg) = vmback_failed {
+            println!("{:<8} vmback export failed: {msg}", t.name);
+            all_same = false;
+            continue;
         }
         let same = sha_v == sha_q;
         all_same &= same;
@@ -198,7 +214,7 @@ fn main() {
     }
     println!("ratio = vmback median / qemu-img median (below 1: vmback is faster); read = bytes vmback read from the image files; file = the image file's allocated bytes; data = allocated_bytes from vmback inspect");
     if !all_same {
-        eprintln!("export benchmark: outputs differ (see above)");
+        eprintln!("export benchmark: an export failed or outputs differ (see above)");
         std::process::exit(1);
     }
 }
