@@ -1,14 +1,12 @@
-//! Command-line definitions (clap derive) and dispatch. Thin: each command calls the
-//! library and prints.
+//! Command-line definitions (clap derive). They live in the library so that the man
+//! pages and shell completions in `man/` are generated from them (see
+//! `tests/man.rs`); the binary's `main.rs` dispatches.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use vmback::export::{ExportFormat, ExportOptions};
-use vmback::image;
-use vmback::inspect::{human, inspect, render};
+
+use crate::export::ExportFormat;
 
 /// Image-level backup of virtual machine disks, with granular restore.
 #[derive(Debug, Parser)]
@@ -53,56 +51,4 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// Runs the parsed command line.
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Some(n) = cli.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build_global()
-            .context("setting up worker threads")?;
-    }
-    match cli.command {
-        Command::Inspect { image, json } => {
-            let disk = image::open(&image)?;
-            let report = inspect(&disk)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", render(&report));
-            }
-        }
-        Command::Export {
-            image,
-            format,
-            output,
-            force,
-            json,
-        } => {
-            let disk = image::open(&image)?;
-            for w in disk.warnings() {
-                eprintln!("vmback: warning: {w}");
-            }
-            let stats = vmback::export::export(&disk, &output, &ExportOptions { format, force })?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                    "export": stats, "source_bytes_read": disk.bytes_read() }))?
-                );
-            } else {
-                eprintln!(
-                    "exported {} ({} data, {} written, {} read from source files) to {} in {:.2}s",
-                    human(stats.virtual_size),
-                    human(stats.data_bytes),
-                    human(stats.written_bytes),
-                    human(disk.bytes_read()),
-                    stats.output.display(),
-                    stats.duration.as_secs_f64()
-                );
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }

@@ -81,3 +81,16 @@ impl Error {
         }
     }
 }
+
+/// The error and all its causes on one line ("a: b: c"), for warnings and reports
+/// that carry an error as text.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -5,6 +5,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::image::{Disk, DiskImage, Format, LayerInfo, ParentRef, RunKind};
 use crate::io::ReadAt;
+use crate::volume::{read_volumes, VolumeTable};
 
 /// The report of one layer.
 #[derive(Debug, Serialize)]
@@ -34,6 +35,8 @@ pub struct ImageReport {
     /// Bytes of the virtual disk backed by data in some layer.
     pub allocated_bytes: u64,
     pub layers: Vec<LayerReport>,
+    /// Partitions and filesystems (None when the table could not be read; see warnings).
+    pub volumes: Option<VolumeTable>,
     pub warnings: Vec<String>,
 }
 
@@ -57,6 +60,20 @@ pub fn inspect(disk: &Disk) -> Result<ImageReport> {
         .filter(|e| e.kind == RunKind::Data)
         .map(|e| e.len)
         .sum();
+    let mut warnings = disk.warnings().to_vec();
+    let volumes = match read_volumes(disk, &disk.path().display().to_string()) {
+        Ok(v) => {
+            warnings.extend(v.warnings.iter().map(|w| format!("partition table: {w}")));
+            Some(v)
+        }
+        Err(e) => {
+            warnings.push(format!(
+                "partition table unreadable: {}",
+                crate::error::chain(&e)
+            ));
+            None
+        }
+    };
     // OK: a Disk has at least one layer.
     let top = &layers[0];
     Ok(ImageReport {
@@ -65,7 +82,8 @@ pub fn inspect(disk: &Disk) -> Result<ImageReport> {
         subformat: top.subformat.clone(),
         virtual_size: disk.size(),
         allocated_bytes: allocated,
-        warnings: disk.warnings().to_vec(),
+        warnings,
+        volumes,
         layers,
     })
 }
@@ -134,6 +152,49 @@ pub fn render(r: &ImageReport) -> String {
         }
         for (k, v) in &l.details {
             let _ = writeln!(s, "      {k}: {v}");
+        }
+    }
+    if let Some(v) = &r.volumes {
+        let scheme = match &v.table {
+            crate::volume::Table::Gpt {
+                sector_size,
+                disk_guid,
+                backup_used,
+            } => {
+                format!(
+                    "GPT ({sector_size}-byte sectors, disk {disk_guid}{})",
+                    if *backup_used {
+                        ", from backup header"
+                    } else {
+                        ""
+                    }
+                )
+            }
+            crate::volume::Table::Mbr { disk_signature } => {
+                format!("MBR (disk signature {disk_signature})")
+            }
+            crate::volume::Table::None => "none (partitionless disk)".to_string(),
+        };
+        let _ = writeln!(s, "partitions:   {scheme}");
+        for vol in &v.volumes {
+            let ty = vol.type_name.clone().unwrap_or_else(|| vol.type_id.clone());
+            let fs = vol.filesystem.clone().map(|f| match &vol.fs_label {
+                Some(l) => format!("{f} '{l}'"),
+                None => f,
+            });
+            let _ = writeln!(
+                s,
+                "  {:<6} start {:>14}  size {:>10}  {:<22} {}{}",
+                vol.name,
+                vol.start,
+                human(vol.len),
+                ty,
+                fs.unwrap_or_else(|| "-".into()),
+                vol.label
+                    .as_ref()
+                    .map(|l| format!("  name '{l}'"))
+                    .unwrap_or_default()
+            );
         }
     }
     for w in &r.warnings {

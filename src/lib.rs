@@ -5,11 +5,13 @@
 //! ([`export`], [`inspect`]). Parsing of on-disk structures lives in the pure
 //! `vmback-parsers` crate; this crate does the I/O around it.
 
+pub mod cli;
 pub mod error;
 pub mod export;
 pub mod image;
 pub mod inspect;
 pub mod io;
 pub mod progress;
+pub mod volume;
 
 pub use error::{Error, Result};

@@ -14,6 +14,10 @@ pub mod error;
 pub mod limits;
 pub mod probe;
 
+pub mod fsprobe;
+pub mod gpt;
+pub mod mbr;
+
 pub mod qcow2;
 pub mod vhd;
 pub mod vhdx;

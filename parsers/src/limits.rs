@@ -37,3 +37,13 @@ pub const MAX_QCOW2_SNAPSHOTS: u32 = 65_536;
 
 /// Longest parent / backing file name stored in a header (bytes).
 pub const MAX_PARENT_NAME_BYTES: u64 = 64 * 1024;
+
+/// Most GPT partition entries we read (the spec's minimum array is 128; tools create
+/// 128; some create up to 256). 4096 entries of 128 bytes = 512 KiB.
+pub const MAX_GPT_ENTRIES: u32 = 4096;
+
+/// Largest GPT partition entry we accept (the spec allows 128 × 2^n).
+pub const MAX_GPT_ENTRY_SIZE: u32 = 4096;
+
+/// Most logical partitions followed through an MBR extended-partition (EBR) chain.
+pub const MAX_EBR_CHAIN: usize = 128;
