@@ -39,7 +39,7 @@ const READ_CAP: u64 = 8 << 20;
 /// Largest range whose extents one case asks for.
 const EXTENTS_CAP: u64 = 1 << 40;
 /// Most bit-flip cases per image (sampled with a fixed stride beyond that).
-const MAX_FLIPS: usize = 1500;
+const MAX_FLIPS: usize = 1000;
 
 thread_local! {
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -357,8 +357,8 @@ fn flips(start: u64, len: u64) -> Vec<(u64, u8)> {
 /// Runs the whole sweep for one subject, returning failures.
 fn sweep(s: &Subject, work: &Path) -> (usize, Vec<String>) {
     let pristine = std::fs::read(&s.path).unwrap();
-    let file_len = pristine.len() as u64;
     let mut failures = Vec::new();
+    let file_len = pristine.len() as u64;
     let mut cases = 0usize;
     // Work on a copy next to the original so relative extent names still resolve.
     let target = s.path.with_file_name(format!(
@@ -369,15 +369,18 @@ fn sweep(s: &Subject, work: &Path) -> (usize, Vec<String>) {
     let write_whole = |bytes: &[u8]| std::fs::write(&target, bytes).unwrap();
     // The pristine file itself must open and read (else the sweep tests nothing).
     write_whole(&pristine);
-    let baseline_ok = matches!(exercise(&target), Ok(()));
-    if !baseline_ok {
-        eprintln!(
-            "note: {}: the undamaged image does not open yet ({}); the sweep still checks for panics",
-            s.name,
-            exercise(&target).err().unwrap_or_default()
-        );
+    // The undamaged file must open and read, or the sweep would only exercise the
+    // first error path. A format whose reader has not landed is noted, not failed.
+    if let Err(e) = exercise(&target) {
+        if e.contains("not implemented yet") {
+            eprintln!(
+                "note: {}: no reader yet ({e}); only checking for panics",
+                s.name
+            );
+        } else {
+            failures.push(format!("{}: the undamaged image fails: {e}", s.name));
+        }
     }
-
     // Truncations.
     let mut lens: Vec<u64> = vec![0, 1, 511, 512, 513, file_len / 2, file_len - 1];
     for (_, start, len) in &s.regions {
