@@ -355,7 +355,7 @@ fn flips(start: u64, len: u64) -> Vec<(u64, u8)> {
 }
 
 /// Runs the whole sweep for one subject, returning failures.
-fn sweep(s: &Subject, work: &Path) -> (usize, Vec<String>) {
+fn sweep(s: &Subject) -> (usize, Vec<String>) {
     let pristine = std::fs::read(&s.path).unwrap();
     let mut failures = Vec::new();
     let file_len = pristine.len() as u64;
@@ -365,7 +365,6 @@ fn sweep(s: &Subject, work: &Path) -> (usize, Vec<String>) {
         "damaged-{}",
         s.path.file_name().unwrap().to_string_lossy()
     ));
-    let _ = work;
     let write_whole = |bytes: &[u8]| std::fs::write(&target, bytes).unwrap();
     // The pristine file itself must open and read (else the sweep tests nothing).
     write_whole(&pristine);
@@ -518,7 +517,7 @@ fn damaged_images_give_errors_not_panics_hangs_or_huge_allocations() {
     let mut total = 0;
     for s in subjects(dir.path()) {
         let t = Instant::now();
-        let (cases, f) = sweep(&s, dir.path());
+        let (cases, f) = sweep(&s);
         eprintln!(
             "{}: {cases} cases, {} failures, {:.1}s",
             s.name,
