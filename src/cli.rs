@@ -33,6 +33,52 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List volumes, or a directory inside a guest filesystem of an image.
+    #[command(
+        after_help = "Paths are <volume>/<path>: p1, p2, ... by partition number, or whole for a\npartitionless disk.\n\nExamples:\n  vmback ls disk.vmdk                 # the volumes\n  vmback ls disk.vmdk p2/Windows -l   # a directory, long format\n  vmback ls disk.qcow2 whole/etc --json"
+    )]
+    Ls {
+        /// The image file.
+        image: PathBuf,
+        /// A path `<volume>/<path in the guest>`; omit to list the volumes.
+        path: Option<String>,
+        /// Long format: type and mode, links, owner, size, modification time.
+        #[arg(short = 'l', long)]
+        long: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a file from a guest filesystem of an image to standard output.
+    #[command(
+        after_help = "Examples:\n  vmback cat disk.vhdx p2/Windows/System32/drivers/etc/hosts\n  vmback cat disk.qcow2 whole/etc/fstab"
+    )]
+    Cat {
+        /// The image file.
+        image: PathBuf,
+        /// The file, as `<volume>/<path in the guest>`.
+        path: String,
+    },
+    /// Copy files or directory trees out of a guest filesystem of an image.
+    #[command(
+        after_help = "Existing files in the target are never overwritten; symlinks are recreated,\nnever followed; names a guest could use to escape the target ('..', '/', NUL)\nare refused and reported.\n\nExamples:\n  vmback get disk.vmdk p2/Users/alice/Documents --target ./restore\n  vmback get disk.qcow2 whole/etc/fstab whole/etc/hosts --target /tmp/r"
+    )]
+    Get {
+        /// The image file.
+        image: PathBuf,
+        /// Paths as `<volume>/<path in the guest>`.
+        #[arg(required = true)]
+        paths: Vec<String>,
+        /// Directory to restore into (created if missing).
+        #[arg(long, short = 't', value_name = "DIR")]
+        target: PathBuf,
+        /// Also restore owner uid/gid (needs root).
+        #[arg(long)]
+        owner: bool,
+        /// Print a JSON report.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the whole virtual disk of an image to a file.
     #[command(after_help = "Examples:\n  vmback export disk.vhdx --format raw -o disk.raw")]
     Export {

@@ -58,6 +58,19 @@ pub enum Error {
     #[error("{path}: unsupported: {feature}")]
     Unsupported { path: PathBuf, feature: String },
 
+    /// A guest filesystem structure could not be read (corrupt, unsupported, I/O).
+    #[error("{fs}: {path}")]
+    GuestFs {
+        fs: String,
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// A guest path does not exist.
+    #[error("{fs}: {path}: no such file or directory")]
+    NotFound { fs: String, path: String },
+
     /// Bad command-line usage detected after parsing (exit code 2).
     #[error("{0}")]
     Usage(String),

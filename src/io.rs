@@ -158,3 +158,54 @@ impl<T: ReadAt + ?Sized> ReadAt for &T {
         (**self).read_exact_at(offset, buf)
     }
 }
+
+/// A `Read + Seek` cursor over a `ReadAt`, for crates that want std I/O traits
+/// (ntfs, fatfs). Writes are refused: everything vmback opens is read-only.
+pub struct ReadAtCursor {
+    inner: std::sync::Arc<dyn ReadAt>,
+    pos: u64,
+}
+
+impl ReadAtCursor {
+    /// A cursor at offset 0.
+    pub fn new(inner: std::sync::Arc<dyn ReadAt>) -> Self {
+        ReadAtCursor { inner, pos: 0 }
+    }
+}
+
+impl std::io::Read for ReadAtCursor {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (self.inner.size().saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        self.inner
+            .read_exact_at(self.pos, &mut buf[..n])
+            .map_err(std::io::Error::other)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for ReadAtCursor {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let new = match to {
+            SeekFrom::Start(o) => Some(o),
+            SeekFrom::End(d) => self.inner.size().checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = new.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before start")
+        })?;
+        Ok(self.pos)
+    }
+}
+
+impl std::io::Write for ReadAtCursor {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "read-only: vmback never writes to a guest filesystem",
+        ))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

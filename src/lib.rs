@@ -5,12 +5,16 @@
 //! ([`export`], [`inspect`]). Parsing of on-disk structures lives in the pure
 //! `vmback-parsers` crate; this crate does the I/O around it.
 
+pub mod browse;
 pub mod cli;
 pub mod error;
 pub mod export;
+pub mod get;
+pub mod guestfs;
 pub mod image;
 pub mod inspect;
 pub mod io;
+pub mod ls;
 pub mod progress;
 pub mod volume;
 

@@ -1,10 +1,13 @@
 //! The `vmback` binary: parse the command line, dispatch to the library, map errors
 //! to exit codes (0 ok, 1 failure, 2 usage, 3 integrity problem found).
 
+use std::io::{stdout, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use vmback::browse::DiskView;
 use vmback::cli::{Cli, Command};
 use vmback::export::ExportOptions;
 use vmback::image;
@@ -14,6 +17,7 @@ fn main() -> ExitCode {
     let args = Cli::parse();
     match run(args) {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vmback: error: {e:#}");
             let usage = e
@@ -25,6 +29,14 @@ fn main() -> ExitCode {
 }
 
 /// Runs the parsed command line.
+/// `vmback ls ... | head` closes our stdout early: not an error.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new()
@@ -37,9 +49,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let disk = image::open(&image)?;
             let report = inspect(&disk)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                writeln!(stdout(), "{}", serde_json::to_string_pretty(&report)?)?;
             } else {
-                print!("{}", render(&report));
+                write!(stdout(), "{}", render(&report))?;
             }
         }
         Command::Export {
@@ -71,6 +83,61 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     stats.duration.as_secs_f64()
                 );
             }
+        }
+        Command::Ls {
+            image,
+            path,
+            long,
+            json,
+        } => {
+            let disk = Arc::new(image::open(&image)?);
+            let view = DiskView::new(disk, &image.display().to_string())?;
+            let out = &mut stdout().lock();
+            match path {
+                None => vmback::ls::list_volumes(&view, json, out)?,
+                Some(p) => vmback::ls::list_path(&view, &p, long, json, out)?,
+            }
+        }
+        Command::Get {
+            image,
+            paths,
+            target,
+            owner,
+            json,
+        } => {
+            let disk = Arc::new(image::open(&image)?);
+            let view = DiskView::new(disk, &image.display().to_string())?;
+            let report =
+                vmback::get::get(&view, &paths, &target, &vmback::get::GetOptions { owner })?;
+            if json {
+                writeln!(stdout(), "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                for e in &report.errors {
+                    eprintln!("vmback: {e}");
+                }
+                eprintln!(
+                    "restored {} files, {} directories, {} symlinks, {} hard links ({}) into {}{}",
+                    report.files,
+                    report.dirs,
+                    report.symlinks,
+                    report.hardlinks,
+                    human(report.bytes),
+                    target.display(),
+                    if report.skipped > 0 {
+                        format!("; {} entries failed (listed above)", report.skipped)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            if report.skipped > 0 {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Cat { image, path } => {
+            let disk = Arc::new(image::open(&image)?);
+            let view = DiskView::new(disk, &image.display().to_string())?;
+            vmback::ls::cat(&view, &path, &mut stdout().lock())?;
         }
     }
     Ok(ExitCode::SUCCESS)

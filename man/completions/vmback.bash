@@ -16,8 +16,14 @@ _vmback() {
             ",$1")
                 cmd="vmback"
                 ;;
+            vmback,cat)
+                cmd="vmback__subcmd__cat"
+                ;;
             vmback,export)
                 cmd="vmback__subcmd__export"
+                ;;
+            vmback,get)
+                cmd="vmback__subcmd__get"
                 ;;
             vmback,help)
                 cmd="vmback__subcmd__help"
@@ -25,14 +31,26 @@ _vmback() {
             vmback,inspect)
                 cmd="vmback__subcmd__inspect"
                 ;;
+            vmback,ls)
+                cmd="vmback__subcmd__ls"
+                ;;
+            vmback__subcmd__help,cat)
+                cmd="vmback__subcmd__help__subcmd__cat"
+                ;;
             vmback__subcmd__help,export)
                 cmd="vmback__subcmd__help__subcmd__export"
+                ;;
+            vmback__subcmd__help,get)
+                cmd="vmback__subcmd__help__subcmd__get"
                 ;;
             vmback__subcmd__help,help)
                 cmd="vmback__subcmd__help__subcmd__help"
                 ;;
             vmback__subcmd__help,inspect)
                 cmd="vmback__subcmd__help__subcmd__inspect"
+                ;;
+            vmback__subcmd__help,ls)
+                cmd="vmback__subcmd__help__subcmd__ls"
                 ;;
             *)
                 ;;
@@ -41,8 +59,26 @@ _vmback() {
 
     case "${cmd}" in
         vmback)
-            opts="-h -V --threads --help --version inspect export help"
+            opts="-h -V --threads --help --version inspect ls cat get export help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmback__subcmd__cat)
+            opts="-h --threads --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -92,8 +128,34 @@ _vmback() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmback__subcmd__get)
+            opts="-t -h --target --owner --json --threads --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --target)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -t)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmback__subcmd__help)
-            opts="inspect export help"
+            opts="inspect ls cat get export help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -106,7 +168,35 @@ _vmback() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmback__subcmd__help__subcmd__cat)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmback__subcmd__help__subcmd__export)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmback__subcmd__help__subcmd__get)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -148,8 +238,40 @@ _vmback() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmback__subcmd__help__subcmd__ls)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmback__subcmd__inspect)
             opts="-h --json --threads --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmback__subcmd__ls)
+            opts="-l -h --long --json --threads --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -47,3 +47,34 @@ pub const MAX_GPT_ENTRY_SIZE: u32 = 4096;
 
 /// Most logical partitions followed through an MBR extended-partition (EBR) chain.
 pub const MAX_EBR_CHAIN: usize = 128;
+
+/// Largest VHD virtual disk: 2040 GiB (0xFF000000 sectors), the format's own maximum
+/// per the VHD specification and the size `qemu-img` refuses to exceed (EFBIG).
+pub const MAX_VHD_VIRTUAL_SIZE: u64 = 0xFF00_0000 * 512;
+
+/// Most VHD BAT entries read into memory: 2^24 (a 64 MiB table). A 2040 GiB disk needs
+/// about 1 M entries with the default 2 MiB blocks and 4 M with Hyper-V's 512 KiB
+/// blocks, so every real disk fits; fuzzed headers stating 2^30 entries do not.
+pub const MAX_VHD_BAT_ENTRIES: u32 = 1 << 24;
+
+/// Largest VHD block: 256 MiB. Writers use 512 KiB (Hyper-V) or 2 MiB (the default);
+/// the cap bounds the sector bitmap we cache per block (at most 64 KiB).
+pub const MAX_VHD_BLOCK_BYTES: u32 = 256 << 20;
+
+/// Largest VHDX metadata region read whole (the table plus its items). Hyper-V and
+/// qemu make it 1 MiB; the spec allows more, but items are small, so 16 MiB is ample.
+pub const MAX_VHDX_METADATA_BYTES: u64 = 16 << 20;
+
+/// Most key/value pairs in a VHDX parent locator (five are defined; writers add few).
+pub const MAX_VHDX_LOCATOR_ENTRIES: u16 = 256;
+
+/// Longest qcow2 backing file name: 1023 bytes (the spec's own maximum).
+pub const MAX_QCOW2_BACKING_NAME_BYTES: u64 = 1023;
+
+/// Largest extra data of one qcow2 snapshot table entry: 1 KiB (QEMU's own limit;
+/// the spec defines 24 bytes of it today).
+pub const MAX_QCOW2_SNAPSHOT_EXTRA_BYTES: u64 = 1024;
+
+/// Most bytes of a qcow2 snapshot table read to list the snapshots: 16 MiB (a
+/// thousand snapshots with long names fit many times over).
+pub const MAX_QCOW2_SNAPSHOT_TABLE_BYTES: u64 = 16 << 20;

@@ -1,1 +1,0 @@
-//! qcow2: placeholder, filled by its module owner.

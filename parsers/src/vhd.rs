@@ -1,1 +1,0 @@
-//! vhd: placeholder, filled by its module owner.

@@ -1,1 +1,0 @@
-//! vhdx: placeholder, filled by its module owner.

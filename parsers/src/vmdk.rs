@@ -1,1 +1,0 @@
-//! vmdk: placeholder, filled by its module owner.

@@ -1,0 +1,104 @@
+//! Guest filesystems, read-only, behind one trait: NTFS (the `ntfs` crate), ext2/3/4
+//! (`ext4-view`) and FAT12/16/32 (`fatfs`). Every filesystem is opened on a volume,
+//! which is just a [`ReadAt`], so the same code serves an image file and a restore
+//! point.
+//!
+//! The crates underneath are not `Sync` (ext4-view holds an `Rc`, `ntfs` and `fatfs`
+//! want `&mut (Read + Seek)`), so each adapter keeps its filesystem objects on worker
+//! threads ([`confined`]) and the [`GuestFs`] facade stays `Send + Sync` for rayon
+//! workers and FUSE threads.
+
+pub mod confined;
+pub mod ext4;
+
+use std::ffi::{OsStr, OsString};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::io::ReadAt;
+
+/// Identifies a node within one filesystem instance (meaning is adapter-specific:
+/// an MFT record, an index into an interned path table, ...).
+pub type NodeId = u64;
+
+/// Kind of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileType {
+    File,
+    Dir,
+    Symlink,
+    /// Devices, FIFOs, sockets: listed, never restored as data.
+    Other,
+}
+
+/// A point in time as seconds + nanoseconds since the Unix epoch (may be negative).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Timestamp {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+/// Metadata of a node, as far as the guest filesystem records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Metadata {
+    pub file_type: FileType,
+    pub size: u64,
+    /// Unix permission bits (ext); synthesised from attributes for NTFS/FAT.
+    pub mode: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub nlink: u32,
+    pub mtime: Option<Timestamp>,
+    pub atime: Option<Timestamp>,
+    pub ctime: Option<Timestamp>,
+    pub crtime: Option<Timestamp>,
+    /// Windows file attributes (NTFS, FAT), e.g. 0x20 archive, 0x02 hidden.
+    pub attributes: Option<u32>,
+    /// An identity shared by hard links of the same file (NTFS file record, ext inode),
+    /// when the filesystem layer can tell.
+    pub link_id: Option<u64>,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The name exactly as the guest stores it (never trusted as a host path).
+    pub name: OsString,
+    pub node: NodeId,
+    pub file_type: FileType,
+}
+
+/// A guest filesystem, read-only.
+pub trait GuestFs: Send + Sync {
+    /// "ntfs", "ext4", "fat32", ...
+    fn kind(&self) -> &'static str;
+    /// Volume label, where the filesystem has one.
+    fn label(&self) -> Option<String>;
+    /// The root directory.
+    fn root(&self) -> NodeId;
+    /// Looks `name` up in directory `dir` (case-insensitively where the guest does).
+    fn lookup(&self, dir: NodeId, name: &OsStr) -> Result<Option<NodeId>>;
+    /// Metadata of a node.
+    fn metadata(&self, node: NodeId) -> Result<Metadata>;
+    /// The entries of a directory, without "." and "..".
+    fn read_dir(&self, dir: NodeId) -> Result<Vec<DirEntry>>;
+    /// Reads file data at `offset`; returns bytes read (0 at end of file).
+    fn read_at(&self, file: NodeId, offset: u64, buf: &mut [u8]) -> Result<usize>;
+    /// The target of a symlink, as stored (bytes; never resolved against the host).
+    fn read_link(&self, node: NodeId) -> Result<OsString>;
+}
+
+/// Opens the filesystem on `volume`, choosing the adapter by `kind` (as detected by
+/// [`vmback_parsers::fsprobe`]). `name` labels errors (e.g. "disk.vmdk p2").
+pub fn open(volume: Arc<dyn ReadAt>, kind: &str, name: &str) -> Result<Arc<dyn GuestFs>> {
+    match kind {
+        "ext2" | "ext3" | "ext4" => Ok(Arc::new(ext4::Ext4Fs::open(volume, name)?)),
+        other => Err(crate::Error::Unsupported {
+            path: name.into(),
+            feature: format!("filesystem {other} (supported: ntfs, ext2/3/4, fat12/16/32)"),
+        }),
+    }
+}
