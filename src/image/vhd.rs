@@ -287,7 +287,7 @@ impl Sparse {
             return Ok((RunKind::Unallocated, avail));
         };
         if !self.differencing {
-            return Ok((RunKind::Data, avail));
+            return Ok(self.data_or_hole(src, idx, in_block, avail));
         }
         // Bounded: bitmap_bytes <= 64 KiB (block size capped by MAX_VHD_BLOCK_BYTES).
         let bitmap = self.bitmaps.get_or_load(idx, || {
@@ -297,12 +297,24 @@ impl Sparse {
         let sectors = (within + avail).div_ceil(512);
         let (present, n) = bitmap_run(&bitmap, in_block / 512, sectors);
         let len = (n * 512 - within).min(avail);
-        let kind = if present {
-            RunKind::Data
+        if present {
+            Ok(self.data_or_hole(src, idx, in_block, len))
         } else {
-            RunKind::Unallocated
+            Ok((RunKind::Unallocated, len))
+        }
+    }
+
+    /// Refines a `Data` run of block `idx`: a hole in the host file reads as zeros, so
+    /// it is `Zero` (never `Unallocated`: the parent must not show through) and is
+    /// not read. qemu-img leaves the unwritten parts of allocated blocks as holes.
+    fn data_or_hole(&self, src: &FileSource, idx: u64, in_block: u64, len: u64) -> (RunKind, u64) {
+        let Some(at) = self.bat.data_offset(idx).and_then(|d| d.checked_add(in_block)) else {
+            return (RunKind::Data, len);
         };
-        Ok((kind, len))
+        match file_run(src, at, len) {
+            (RunKind::Data, n) => (RunKind::Data, n),
+            (_, n) => (RunKind::Zero, n),
+        }
     }
 }
 

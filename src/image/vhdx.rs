@@ -64,6 +64,19 @@ impl Replayed {
         Ok(())
     }
 
+    /// Refines a `Data` run at file offset `at`: a hole in the host file reads as
+    /// zeros, so it is `Zero` (never `Unallocated`: the parent must not show through)
+    /// and is not read. Only without a replayed log, whose overlay may patch holes.
+    fn data_or_hole(&self, at: u64, len: u64) -> (RunKind, u64) {
+        if self.overlay.is_some() {
+            return (RunKind::Data, len);
+        }
+        match super::raw::file_run(&self.file, at, len) {
+            (RunKind::Data, n) => (RunKind::Data, n),
+            (_, n) => (RunKind::Zero, n),
+        }
+    }
+
     fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         let mut v = vec![0u8; len];
         self.read(offset, &mut v)?;
@@ -287,7 +300,7 @@ impl VhdxLayer {
             return Err(self.corrupt(off, format!("no BAT entry for block {block}")));
         };
         Ok(match p.state {
-            PayloadState::FullyPresent => (RunKind::Data, len),
+            PayloadState::FullyPresent => self.src.data_or_hole(p.file_offset + within, len),
             PayloadState::Zero => (RunKind::Zero, len),
             PayloadState::NotPresent | PayloadState::Undefined | PayloadState::Unmapped => {
                 (RunKind::Unallocated, len)
