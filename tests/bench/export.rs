@@ -11,7 +11,9 @@
 //! converted with qemu-img to vmdk (monolithicSparse), vhdx (dynamic), vpc (dynamic),
 //! qcow2 and qcow2 -c. For each, both tools export it 3 times (interleaved; the page
 //! cache is dropped before every run when /proc/sys/vm/drop_caches is writable,
-//! which the table header says); both outputs must have the same sha256. Images are
+//! which the table header says); both outputs must have the same sha256. qemu-img is
+//! timed with a `sync` of its output, since vmback fsyncs before it reports success
+//! (same durability for both). Images are
 //! kept in `$VMBACK_BENCH_DIR` (default `<target>/tmp/bench-export`) for the next run.
 //! `VMBACK_BENCH_FORMATS=vmdk,qcow2` limits the formats; `VMBACK_BENCH_WARM=1` keeps
 //! the cache warm; `VMBACK_BENCH_PREPARE=1` only builds the images.
@@ -177,6 +179,9 @@ fn main() {
                 .args(["convert", "-f", t.qemu_format, "-O", "raw"])
                 .arg(&img)
                 .arg(&out_q));
+            // vmback export fsyncs its output before reporting success; qemu-img
+            // convert leaves the data in the page cache. Same durability: sync it.
+            run(Command::new("sync").arg(&out_q));
             tq.push(started.elapsed().as_secs_f64());
             if rep == 0 {
                 sha_v = sha256_file(&out_v);
