@@ -308,7 +308,11 @@ impl Sparse {
     /// it is `Zero` (never `Unallocated`: the parent must not show through) and is
     /// not read. qemu-img leaves the unwritten parts of allocated blocks as holes.
     fn data_or_hole(&self, src: &FileSource, idx: u64, in_block: u64, len: u64) -> (RunKind, u64) {
-        let Some(at) = self.bat.data_offset(idx).and_then(|d| d.checked_add(in_block)) else {
+        let Some(at) = self
+            .bat
+            .data_offset(idx)
+            .and_then(|d| d.checked_add(in_block))
+        else {
             return (RunKind::Data, len);
         };
         match file_run(src, at, len) {
