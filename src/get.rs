@@ -76,6 +76,8 @@ struct Ctx<'a> {
     ancestors: Vec<u64>,
     /// Entries still allowed (see [`MIN_ENTRY_BYTES`]).
     budget: u64,
+    /// One read buffer for all files (allocated on first use).
+    buf: Vec<u8>,
 }
 
 /// Restores each of `paths` (path grammar `<volume>/<guest path>`) into `target`.
@@ -111,6 +113,7 @@ pub fn get(
             is_root: rustix::process::geteuid().is_root(),
             ancestors: Vec::new(),
             budget: (r.volume.len / MIN_ENTRY_BYTES).max(1024),
+            buf: Vec::new(),
         };
         let guest = r.guest_path.trim_end_matches('/').to_string();
         restore_node(
@@ -297,7 +300,23 @@ fn copy_sparse(
     out: &mut File,
     size: u64,
 ) -> Result<()> {
-    let mut buf = vec![0u8; READ_CHUNK];
+    if size > 0 && ctx.buf.is_empty() {
+        ctx.buf = vec![0u8; READ_CHUNK];
+    }
+    let mut buf = std::mem::take(&mut ctx.buf);
+    let result = copy_into(ctx, node, guest, out, size, &mut buf);
+    ctx.buf = buf;
+    result
+}
+
+fn copy_into(
+    ctx: &mut Ctx<'_>,
+    node: NodeId,
+    guest: &str,
+    out: &mut File,
+    size: u64,
+    buf: &mut [u8],
+) -> Result<()> {
     let mut off = 0u64;
     while off < size {
         let want = ((size - off) as usize).min(READ_CHUNK);

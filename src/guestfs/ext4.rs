@@ -23,10 +23,19 @@ use crate::io::ReadAt;
 /// the journal, so more would cost start-up time for little gain on 2–4 cores).
 const WORKERS: usize = 2;
 
+/// Entries of the metadata cache (a few MiB at most).
+const META_CACHE_ENTRIES: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(65_536) {
+    Some(n) => n,
+    None => std::num::NonZeroUsize::MIN,
+};
+
 /// An ext2/3/4 filesystem on a volume.
 pub struct Ext4Fs {
     pool: Confined<Worker>,
     nodes: Mutex<Interner>,
+    /// Metadata read with each directory listing (by inode, no path walk), so that
+    /// walking a tree does not resolve every path from the root again.
+    meta_cache: Mutex<lru::LruCache<NodeId, Metadata>>,
     name: String,
     kind: &'static str,
     label: Option<String>,
@@ -96,6 +105,7 @@ impl Ext4Fs {
         Ok(Ext4Fs {
             pool,
             nodes: Mutex::new(nodes),
+            meta_cache: Mutex::new(lru::LruCache::new(META_CACHE_ENTRIES)),
             name: fs_name,
             kind,
             label,
@@ -218,6 +228,14 @@ impl GuestFs for Ext4Fs {
     }
 
     fn metadata(&self, node: NodeId) -> Result<Metadata> {
+        if let Some(m) = self
+            .meta_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node)
+        {
+            return Ok(m.clone());
+        }
         let path = self.path_of(node)?;
         let fs_name = self.name.clone();
         self.pool.run(move |w| {
@@ -231,25 +249,32 @@ impl GuestFs for Ext4Fs {
         let path = self.path_of(dir)?;
         let fs_name = self.name.clone();
         let p = path.clone();
-        let entries: Vec<(Vec<u8>, FileType)> =
-            self.pool
-                .run(move |w| -> Result<Vec<(Vec<u8>, FileType)>> {
-                    let err = |e| fs_error(&fs_name, &String::from_utf8_lossy(&p), e);
-                    let mut out = Vec::new();
-                    for entry in w.fs.read_dir(p.as_slice()).map_err(err)? {
-                        let entry = entry.map_err(err)?;
-                        let name = entry.file_name().as_ref().to_vec();
-                        if name == b"." || name == b".." {
-                            continue;
-                        }
-                        out.push((name, file_type(entry.file_type().map_err(err)?)));
-                    }
-                    Ok(out)
-                })??;
+        type Listed = Vec<(Vec<u8>, FileType, Option<Metadata>)>;
+        let entries: Listed = self.pool.run(move |w| -> Result<Listed> {
+            let err = |e| fs_error(&fs_name, &String::from_utf8_lossy(&p), e);
+            let mut out = Vec::new();
+            for entry in w.fs.read_dir(p.as_slice()).map_err(err)? {
+                let entry = entry.map_err(err)?;
+                let name = entry.file_name().as_ref().to_vec();
+                if name == b"." || name == b".." {
+                    continue;
+                }
+                // By inode: no path resolution (a damaged inode just leaves it uncached).
+                let meta = entry.metadata().ok().map(|m| metadata(&m));
+                out.push((name, file_type(entry.file_type().map_err(err)?), meta));
+            }
+            Ok(out)
+        })??;
         Ok(entries
             .into_iter()
-            .map(|(name, file_type)| {
+            .map(|(name, file_type, meta)| {
                 let node = self.intern(join(&path, &name));
+                if let Some(m) = meta {
+                    self.meta_cache
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .put(node, m);
+                }
                 DirEntry {
                     name: OsString::from_vec(name),
                     node,
