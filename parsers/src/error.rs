@@ -111,6 +111,25 @@ impl ParseError {
         }
     }
 
+    /// Fails with [`ParseError::Checksum`] when the stored and computed checksums differ.
+    pub fn check_checksum(
+        what: &'static str,
+        offset: u64,
+        stored: u32,
+        computed: u32,
+    ) -> Result<()> {
+        if stored != computed {
+            Err(ParseError::Checksum {
+                what,
+                offset,
+                stored: stored.into(),
+                computed: computed.into(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
     /// The absolute offset the error refers to.
     pub fn offset(&self) -> u64 {
         match self {

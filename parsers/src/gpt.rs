@@ -144,14 +144,7 @@ pub fn parse_gpt_header(sector: &[u8], offset: u64) -> Result<GptHeader> {
     let mut copy = sector[..header_size as usize].to_vec();
     copy[0x10..0x14].fill(0);
     let computed = crc32fast::hash(&copy);
-    if computed != header_crc {
-        return Err(ParseError::Checksum {
-            what: "GPT header",
-            offset: offset + 0x10,
-            stored: header_crc.into(),
-            computed: computed.into(),
-        });
-    }
+    ParseError::check_checksum("GPT header", offset + 0x10, header_crc, computed)?;
     if entry_size < 128 || !entry_size.is_power_of_two() {
         return Err(ParseError::corrupt(
             "GPT entry size",
@@ -205,14 +198,12 @@ pub fn parse_gpt_entries(buf: &[u8], header: &GptHeader, offset: u64) -> Result<
     let len = header.entries_bytes();
     let array = slice(buf, 0, len, "GPT partition entry array", offset)?;
     let computed = crc32fast::hash(array);
-    if computed != header.entries_crc32 {
-        return Err(ParseError::Checksum {
-            what: "GPT partition entry array",
-            offset,
-            stored: header.entries_crc32.into(),
-            computed: computed.into(),
-        });
-    }
+    ParseError::check_checksum(
+        "GPT partition entry array",
+        offset,
+        header.entries_crc32,
+        computed,
+    )?;
     let mut out = Vec::new();
     for (i, raw) in array.chunks_exact(header.entry_size as usize).enumerate() {
         let at = offset + (i * header.entry_size as usize) as u64;

@@ -113,14 +113,7 @@ pub fn parse_dynamic_header(buf: &[u8], base: u64) -> Result<VhdDynamicHeader> {
         });
     }
     let computed = super::checksum(buf, CHECKSUM_FIELD);
-    if computed != raw.checksum {
-        return Err(ParseError::Checksum {
-            what: WHAT,
-            offset: base + CHECKSUM_FIELD as u64,
-            stored: raw.checksum.into(),
-            computed: computed.into(),
-        });
-    }
+    ParseError::check_checksum(WHAT, base + CHECKSUM_FIELD as u64, raw.checksum, computed)?;
     if raw.header_version >> 16 != 1 {
         return Err(ParseError::unsupported(
             WHAT,

@@ -183,14 +183,7 @@ pub fn parse_footer(buf: &[u8], base: u64) -> Result<VhdFooter> {
         });
     }
     let computed = super::checksum(&full, CHECKSUM_FIELD);
-    if computed != raw.checksum {
-        return Err(ParseError::Checksum {
-            what: WHAT,
-            offset: base + CHECKSUM_FIELD as u64,
-            stored: raw.checksum.into(),
-            computed: computed.into(),
-        });
-    }
+    ParseError::check_checksum(WHAT, base + CHECKSUM_FIELD as u64, raw.checksum, computed)?;
     if raw.file_format_version >> 16 != 1 {
         return Err(ParseError::unsupported(
             WHAT,

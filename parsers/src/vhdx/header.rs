@@ -90,14 +90,7 @@ pub fn parse_header(buf: &[u8], index: u8) -> Result<VhdxHeader> {
         });
     }
     let computed = crc32c_zeroed(buf, 4);
-    if computed != raw.checksum {
-        return Err(ParseError::Checksum {
-            what,
-            offset: base + 4,
-            stored: raw.checksum.into(),
-            computed: computed.into(),
-        });
-    }
+    ParseError::check_checksum(what, base + 4, raw.checksum, computed)?;
     if raw.version != 1 {
         return Err(ParseError::unsupported(
             what,

@@ -134,14 +134,7 @@ pub fn parse_log_entry_header(
 /// Verifies the checksum of a whole entry (`buf` is exactly `entry_length` bytes).
 pub fn check_entry_crc(buf: &[u8], base: u64, stored: u32) -> Result<()> {
     let computed = crc32c_zeroed(buf, 4);
-    if computed != stored {
-        return Err(ParseError::Checksum {
-            what: WHAT,
-            offset: base + 4,
-            stored: stored.into(),
-            computed: computed.into(),
-        });
-    }
+    ParseError::check_checksum(WHAT, base + 4, stored, computed)?;
     Ok(())
 }
 

@@ -81,14 +81,7 @@ pub fn parse_region_table(buf: &[u8], copy: usize) -> Result<VhdxRegionTable> {
         });
     }
     let computed = crc32c_zeroed(buf, 4);
-    if computed != checksum {
-        return Err(ParseError::Checksum {
-            what,
-            offset: base + 4,
-            stored: checksum.into(),
-            computed: computed.into(),
-        });
-    }
+    ParseError::check_checksum(what, base + 4, checksum, computed)?;
     ParseError::check_limit(
         what,
         base + 8,
