@@ -18,13 +18,13 @@
 //! `VMBACK_BENCH_FORMATS=vmdk,qcow2` limits the formats; `VMBACK_BENCH_WARM=1` keeps
 //! the cache warm; `VMBACK_BENCH_PREPARE=1` only builds the images.
 
-use std::io::Read;
+mod support;
+use support::*;
+
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
-
-use sha2::{Digest, Sha256};
 
 const VIRTUAL_SIZE: u64 = 4 << 30;
 const STRIPE: u64 = 8 << 20;
@@ -284,44 +284,4 @@ fn inspect_allocated(vmback: &Path, img: &Path) -> Option<u64> {
     }
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
     v["allocated_bytes"].as_u64()
-}
-
-/// `sync; echo 3 > /proc/sys/vm/drop_caches`; false when not permitted.
-fn drop_caches() -> bool {
-    let _ = Command::new("sync").status();
-    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
-}
-
-fn run(cmd: &mut Command) -> std::process::Output {
-    let o = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    if !o.status.success() {
-        eprintln!(
-            "command failed: {cmd:?}\n{}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        std::process::exit(1);
-    }
-    o
-}
-
-fn best_median(v: &mut [f64]) -> (f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[0], v[v.len() / 2])
-}
-
-fn sha256_file(path: &Path) -> String {
-    let mut f = std::fs::File::open(path).unwrap();
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 4 << 20];
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    format!("{:x}", h.finalize())
 }

@@ -30,7 +30,9 @@
 //! the formats; `VMBACK_BENCH_WARM=1` keeps the cache warm;
 //! `VMBACK_BENCH_PREPARE=1` only builds the images.
 
-use std::io::Read;
+mod support;
+use support::*;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -500,46 +502,6 @@ fn find_sha(dir: &Path, name: &str) -> Option<String> {
     None
 }
 
-/// `sync; echo 3 > /proc/sys/vm/drop_caches`; false when not permitted.
-fn drop_caches() -> bool {
-    let _ = Command::new("sync").status();
-    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
-}
-
-fn run(cmd: &mut Command) -> std::process::Output {
-    let o = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    if !o.status.success() {
-        eprintln!(
-            "command failed: {cmd:?}\n{}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        std::process::exit(1);
-    }
-    o
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn sha256_bytes(b: &[u8]) -> String {
     format!("{:x}", Sha256::digest(b))
-}
-
-fn sha256_file(path: &Path) -> String {
-    let mut f = std::fs::File::open(path).unwrap();
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 4 << 20];
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    format!("{:x}", h.finalize())
 }
