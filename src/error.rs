@@ -71,6 +71,24 @@ pub enum Error {
     #[error("{fs}: {path}: no such file or directory")]
     NotFound { fs: String, path: String },
 
+    /// An NBD server refused a request or broke the protocol, or the URI is unusable.
+    /// `step` names what vmback was doing (handshake, an option, a read at an offset).
+    #[error("{uri}: {step}: {reason}")]
+    Nbd {
+        uri: String,
+        step: String,
+        reason: String,
+    },
+
+    /// The connection to an NBD server failed (connect, send, receive).
+    #[error("{uri}: {step}")]
+    NbdIo {
+        uri: String,
+        step: String,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// Bad command-line usage detected after parsing (exit code 2).
     #[error("{0}")]
     Usage(String),

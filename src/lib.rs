@@ -15,6 +15,7 @@ pub mod image;
 pub mod inspect;
 pub mod io;
 pub mod ls;
+pub mod nbd;
 pub mod progress;
 pub mod volume;
 
