@@ -46,6 +46,11 @@ impl DiskView {
         })
     }
 
+    /// The disk's name as given at opening (for messages and grouping).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The volumes.
     pub fn table(&self) -> &VolumeTable {
         &self.table

@@ -92,6 +92,34 @@ pub enum Error {
     /// Bad command-line usage detected after parsing (exit code 2).
     #[error("{0}")]
     Usage(String),
+
+    /// A repository that cannot be used as asked (not a repository, bad config, ...).
+    #[error("repository {location}: {reason}")]
+    Repository { location: String, reason: String },
+
+    /// An object the repository should hold is missing.
+    #[error("repository {location}: {key} is missing")]
+    NotInRepository { location: String, key: String },
+
+    /// Reading a source disk failed during a backup (it vanished, an I/O error, ...).
+    #[error("{disk}: {reason}")]
+    Capture { disk: String, reason: String },
+
+    /// A consistency hook failed.
+    #[error("{phase} hook `{command}` {reason}")]
+    Hook {
+        phase: String,
+        command: String,
+        reason: String,
+    },
+
+    /// Stored data does not match its name or its format: damage (exit code 3).
+    #[error("repository {location}: {key} is damaged: {reason}")]
+    Damaged {
+        location: String,
+        key: String,
+        reason: String,
+    },
 }
 
 impl Error {

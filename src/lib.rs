@@ -5,6 +5,7 @@
 //! ([`export`], [`inspect`]). Parsing of on-disk structures lives in the pure
 //! `vmback-parsers` crate; this crate does the I/O around it.
 
+pub mod backup;
 pub mod browse;
 pub mod cli;
 pub mod error;
@@ -14,9 +15,13 @@ pub mod guestfs;
 pub mod image;
 pub mod inspect;
 pub mod io;
+pub mod location;
 pub mod ls;
 pub mod nbd;
 pub mod progress;
+pub mod repo;
+pub mod snapshots;
+pub mod verify;
 pub mod volume;
 
 pub use error::{Error, Result};

@@ -3,14 +3,15 @@
 
 use std::io::{stdout, Write};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use vmback::browse::DiskView;
 use vmback::cli::{Cli, Command};
 use vmback::export::ExportOptions;
 use vmback::image;
+use vmback::repo;
+
+mod commands;
 use vmback::inspect::{human, inspect, render};
 
 fn main() -> ExitCode {
@@ -55,33 +56,125 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Export {
-            image,
+            source,
+            disk,
             format,
             output,
             force,
             json,
         } => {
-            let disk = image::open(&image)?;
-            for w in disk.warnings() {
-                eprintln!("vmback: warning: {w}");
-            }
-            let stats = vmback::export::export(&disk, &output, &ExportOptions { format, force })?;
+            let opts = ExportOptions { format, force };
+            let (stats, bytes_read) = if repo::is_repository(&source) {
+                let Some(path) = disk else {
+                    return Err(vmback::Error::Usage(format!(
+                        "{} is a repository: name the disk, e.g. <vm>/latest/disk0",
+                        source.display()
+                    ))
+                    .into());
+                };
+                let repo = repo::open_shared(&source)?;
+                let (snap, rest) = repo.resolve_path(&path, None)?;
+                let [disk_name] = rest.as_slice() else {
+                    return Err(vmback::Error::Usage(format!(
+                        "{path}: expected <restore point>/<disk>, e.g. {}/{}/disk0",
+                        snap.manifest.vm.name, snap.manifest.name
+                    ))
+                    .into());
+                };
+                let disk = repo.open_disk(&snap, disk_name, 64 << 20)?;
+                let stats = vmback::export::export(&disk, &output, &opts)?;
+                (stats, None)
+            } else {
+                if let Some(d) = disk {
+                    return Err(vmback::Error::Usage(format!(
+                        "{}: an image has one disk; {d:?} is only for repositories",
+                        source.display()
+                    ))
+                    .into());
+                }
+                let disk = image::open(&source)?;
+                for w in disk.warnings() {
+                    eprintln!("vmback: warning: {w}");
+                }
+                let stats = vmback::export::export(&disk, &output, &opts)?;
+                (stats, Some(disk.bytes_read()))
+            };
             if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
-                    "export": stats, "source_bytes_read": disk.bytes_read() }))?
+                    "export": stats, "source_bytes_read": bytes_read }))?
                 );
             } else {
                 eprintln!(
-                    "exported {} ({} data, {} written, {} read from source files) to {} in {:.2}s",
+                    "exported {} ({} data, {} written{}) to {} in {:.2}s",
                     human(stats.virtual_size),
                     human(stats.data_bytes),
                     human(stats.written_bytes),
-                    human(disk.bytes_read()),
+                    bytes_read
+                        .map(|b| format!(", {} read from source files", human(b)))
+                        .unwrap_or_default(),
                     stats.output.display(),
                     stats.duration.as_secs_f64()
                 );
+            }
+        }
+        Command::Init {
+            repo,
+            chunk_size,
+            compression_level,
+        } => {
+            let chunk_size = u32::try_from(chunk_size).map_err(|_| {
+                vmback::Error::Usage(format!("chunk size {chunk_size} is too large"))
+            })?;
+            let config = vmback::repo::config::RepoConfig::new(chunk_size, compression_level)?;
+            let r = vmback::repo::Repository::init(&repo, config)?;
+            eprintln!(
+                "created repository {} (id {}, chunks of {}, zstd level {})",
+                r.location(),
+                &r.config().id[..8],
+                human(chunk_size as u64),
+                compression_level
+            );
+        }
+        Command::Backup(args) => return commands::backup(*args),
+        Command::Snapshots { repo, vm, json } => {
+            let repo = repo::Repository::open(&repo)?;
+            let list: Vec<_> = repo
+                .snapshots()?
+                .into_iter()
+                .filter(|s| vm.as_deref().is_none_or(|v| s.manifest.vm.name == v))
+                .collect();
+            if json {
+                writeln!(
+                    stdout(),
+                    "{}",
+                    serde_json::to_string_pretty(&vmback::snapshots::rows(&list))?
+                )?;
+            } else {
+                write!(stdout(), "{}", vmback::snapshots::render(&list))?;
+            }
+        }
+        Command::Verify {
+            repo,
+            snapshot,
+            read_data,
+            vm,
+            json,
+        } => {
+            let repo = repo::Repository::open(&repo)?;
+            let snap = match &snapshot {
+                Some(s) => Some(repo.resolve_path(s, vm.as_deref())?.0),
+                None => None,
+            };
+            let report = vmback::verify::verify(&repo, snap.as_ref(), read_data, !json)?;
+            if json {
+                writeln!(stdout(), "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                write!(stdout(), "{}", vmback::verify::render(&report, read_data))?;
+            }
+            if !report.is_clean() {
+                return Ok(ExitCode::from(3));
             }
         }
         Command::Ls {
@@ -89,63 +182,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             path,
             long,
             json,
-        } => {
-            let disk = Arc::new(image::open(&image)?);
-            let view = DiskView::new(disk, &image.display().to_string())?;
-            let out = &mut stdout().lock();
-            match path {
-                None => vmback::ls::list_volumes(&view, json, out)?,
-                Some(p) => {
-                    let failed = vmback::ls::list_path(&view, &p, long, json, out)?;
-                    for f in &failed {
-                        eprintln!("vmback: cannot read {f}");
-                    }
-                    if !failed.is_empty() {
-                        return Ok(ExitCode::from(1));
-                    }
-                }
-            }
-        }
+        } => return commands::ls(&image, path.as_deref(), long, json),
         Command::Get {
             image,
             paths,
             target,
             owner,
             json,
-        } => {
-            let disk = Arc::new(image::open(&image)?);
-            let view = DiskView::new(disk, &image.display().to_string())?;
-            let report =
-                vmback::get::get(&view, &paths, &target, &vmback::get::GetOptions { owner })?;
-            if json {
-                writeln!(stdout(), "{}", serde_json::to_string_pretty(&report)?)?;
-            } else {
-                for e in &report.errors {
-                    eprintln!("vmback: {e}");
-                }
-                eprintln!(
-                    "restored {} files, {} directories, {} symlinks, {} hard links ({}) into {}{}",
-                    report.files,
-                    report.dirs,
-                    report.symlinks,
-                    report.hardlinks,
-                    human(report.bytes),
-                    target.display(),
-                    if report.skipped > 0 {
-                        format!("; {} entries failed (listed above)", report.skipped)
-                    } else {
-                        String::new()
-                    }
-                );
-            }
-            if report.skipped > 0 {
-                return Ok(ExitCode::from(1));
-            }
-        }
+        } => return commands::get(&image, &paths, &target, owner, json),
         Command::Cat { image, path } => {
-            let disk = Arc::new(image::open(&image)?);
-            let view = DiskView::new(disk, &image.display().to_string())?;
-            vmback::ls::cat(&view, &path, &mut stdout().lock())?;
+            let (view, inner) = vmback::location::open_view(&image, &path)?;
+            vmback::ls::cat(&view, &inner, &mut stdout().lock())?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -45,8 +45,17 @@ pub fn file_run(src: &FileSource, offset: u64, max_len: u64) -> (RunKind, u64) {
             (RunKind::Data, hole.saturating_sub(offset).clamp(1, max_len))
         }
         Ok(d) if d > offset => (RunKind::Unallocated, (d - offset).clamp(1, max_len)),
-        // ENXIO: no data after offset (a hole up to the end of the file).
-        Err(e) if e == rustix::io::Errno::NXIO => (RunKind::Unallocated, max_len),
+        // ENXIO: no data after offset (a hole up to the end of the file), or the file
+        // shrank since it was opened: then claim data, so that the read fails loudly
+        // instead of a vanished tail silently reading as zeros.
+        Err(e) if e == rustix::io::Errno::NXIO => {
+            let shrunk = fd.metadata().map_or(true, |m| m.len() < src.size());
+            if shrunk {
+                (RunKind::Data, max_len)
+            } else {
+                (RunKind::Unallocated, max_len)
+            }
+        }
         // Not supported, or anything odd: treat as data (correct, just slower).
         _ => (RunKind::Data, max_len),
     }

@@ -1,0 +1,208 @@
+//! The capture pipeline of one disk: fixed-size chunks → skip what is unallocated or
+//! unchanged → read → zero detection → BLAKE3 → dedup → zstd → store, in parallel
+//! (rayon) over a bounded window of chunks, so memory stays bounded whatever the
+//! disk size.
+
+use std::collections::HashSet;
+use std::sync::RwLock;
+use std::time::Instant;
+
+use indicatif::ProgressBar;
+use rayon::prelude::*;
+
+use super::ratelimit::RateLimiter;
+use crate::error::{Error, Result};
+use crate::image::{DiskImage, RunKind};
+use crate::repo::chunk::{self, ChunkId};
+use crate::repo::index::DiskIndex;
+use crate::repo::manifest::DiskStats;
+use crate::repo::Repository;
+
+/// Shared by the disks of one backup.
+pub struct Capture<'a> {
+    pub repo: &'a Repository,
+    pub limiter: Option<&'a RateLimiter>,
+    /// Chunks known to be in the repository (the parent's, and those stored so far),
+    /// so most dedup checks cost no I/O.
+    pub known: &'a RwLock<HashSet<ChunkId>>,
+    pub progress: &'a ProgressBar,
+}
+
+/// What happened to one chunk.
+enum Outcome {
+    /// Taken over from the parent without reading.
+    Unchanged(Option<ChunkId>),
+    /// Unallocated, explicitly zero, or read and found all-zero.
+    Zero { scanned: u64 },
+    /// Read; the repository already held it.
+    Deduplicated { id: ChunkId, scanned: u64 },
+    /// Read and stored.
+    New {
+        id: ChunkId,
+        scanned: u64,
+        plain: u64,
+        stored: u64,
+    },
+}
+
+/// Chunks processed per parallel step: enough to keep every thread busy, few enough
+/// that buffers stay small (window × chunk size × 2 bytes at most).
+fn window() -> usize {
+    (rayon::current_num_threads() * 4).max(8)
+}
+
+/// Captures `disk` into the repository. `parent` and `changed` (one flag per chunk)
+/// come from change tracking: unflagged chunks are copied from the parent's index.
+/// `name` names the disk in errors.
+pub fn capture_disk(
+    cap: &Capture<'_>,
+    disk: &dyn DiskImage,
+    name: &str,
+    parent: Option<&DiskIndex>,
+    changed: Option<&[bool]>,
+) -> Result<(DiskIndex, DiskStats)> {
+    let started = Instant::now();
+    let chunk_size = cap.repo.config().chunk_size;
+    let mut index = DiskIndex::zeroed(disk.size(), chunk_size)?;
+    let mut stats = DiskStats {
+        chunks: index.entries.len() as u64,
+        ..DiskStats::default()
+    };
+    let n = index.entries.len();
+    let mut first = 0;
+    while first < n {
+        let last = (first + window()).min(n);
+        let outcomes: Vec<Result<Outcome>> = (first..last)
+            .into_par_iter()
+            .map(|i| {
+                let unchanged = changed.is_some_and(|c| !c.get(i).copied().unwrap_or(true));
+                let outcome = match parent {
+                    Some(p) if unchanged => {
+                        Ok(Outcome::Unchanged(p.entries.get(i).copied().flatten()))
+                    }
+                    _ => capture_chunk(cap, disk, name, &index, i),
+                };
+                cap.progress.inc(index.chunk_len(i) as u64);
+                outcome
+            })
+            .collect();
+        for (i, outcome) in (first..last).zip(outcomes) {
+            index.entries[i] = match outcome? {
+                Outcome::Unchanged(id) => {
+                    stats.chunks_unchanged += 1;
+                    id
+                }
+                Outcome::Zero { scanned } => {
+                    stats.chunks_zero += 1;
+                    stats.bytes_scanned += scanned;
+                    None
+                }
+                Outcome::Deduplicated { id, scanned } => {
+                    stats.chunks_deduplicated += 1;
+                    stats.bytes_scanned += scanned;
+                    Some(id)
+                }
+                Outcome::New {
+                    id,
+                    scanned,
+                    plain,
+                    stored,
+                } => {
+                    stats.chunks_new += 1;
+                    stats.bytes_scanned += scanned;
+                    stats.bytes_new += plain;
+                    stats.bytes_stored += stored;
+                    Some(id)
+                }
+            };
+        }
+        first = last;
+    }
+    stats.duration_secs = started.elapsed().as_secs_f64();
+    Ok((index, stats))
+}
+
+/// Reads chunk `i` (only its allocated parts) and stores it unless it is zero or known.
+fn capture_chunk(
+    cap: &Capture<'_>,
+    disk: &dyn DiskImage,
+    name: &str,
+    index: &DiskIndex,
+    i: usize,
+) -> Result<Outcome> {
+    let start = i as u64 * index.chunk_size as u64;
+    let len = index.chunk_len(i);
+    let extents = disk.extents(start..start + len as u64)?;
+    let data_bytes: u64 = extents
+        .iter()
+        .filter(|e| e.kind == RunKind::Data)
+        .map(|e| e.len)
+        .sum();
+    if data_bytes == 0 {
+        return Ok(Outcome::Zero { scanned: 0 });
+    }
+    if let Some(l) = cap.limiter {
+        l.acquire(data_bytes);
+    }
+    let mut buf = vec![0u8; len];
+    for e in extents.iter().filter(|e| e.kind == RunKind::Data) {
+        let lo = (e.start.max(start) - start) as usize;
+        let hi = (e.end().min(start + len as u64) - start) as usize;
+        disk.read_exact_at(start + lo as u64, &mut buf[lo..hi])
+            .map_err(|e| read_error(name, start + lo as u64, e))?;
+    }
+    if is_zero(&buf) {
+        return Ok(Outcome::Zero {
+            scanned: data_bytes,
+        });
+    }
+    let id = ChunkId::of(&buf);
+    let known = cap
+        .known
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&id);
+    // `remember` is the claim: of several threads holding the same new content, one
+    // stores it and the others count it as deduplicated.
+    if known || cap.repo.has_chunk(&id)? || !remember(cap, id) {
+        remember(cap, id);
+        return Ok(Outcome::Deduplicated {
+            id,
+            scanned: data_bytes,
+        });
+    }
+    let object = chunk::encode(&buf, cap.repo.config().zstd_level)?;
+    cap.repo.put_chunk_object(&id, &object)?;
+    Ok(Outcome::New {
+        id,
+        scanned: data_bytes,
+        plain: len as u64,
+        stored: object.len() as u64,
+    })
+}
+
+/// Adds `id` to the known chunks; false when it was already there.
+fn remember(cap: &Capture<'_>, id: ChunkId) -> bool {
+    cap.known
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id)
+}
+
+/// Puts the disk and offset in front of a source read error (a source that vanished
+/// mid-backup must say where).
+fn read_error(name: &str, offset: u64, e: Error) -> Error {
+    Error::Capture {
+        disk: name.to_string(),
+        reason: format!(
+            "reading the source at offset {offset:#x}: {}",
+            crate::error::chain(&e)
+        ),
+    }
+}
+
+/// Whether `buf` is all zero bytes (OR-folded in blocks, which vectorises).
+pub fn is_zero(buf: &[u8]) -> bool {
+    buf.chunks(4096)
+        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}

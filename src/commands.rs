@@ -1,0 +1,292 @@
+//! Commands whose argument handling is more than a few lines.
+
+use std::io::{stdout, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use vmback::backup::cbt::Tracking;
+use vmback::backup::{BackupOptions, BackupReport, SourceSpec};
+use vmback::browse::DiskView;
+use vmback::cli::BackupArgs;
+use vmback::inspect::human;
+use vmback::location::{resolve_repo, RepoPlace};
+use vmback::repo::manifest::VmIdentity;
+use vmback::Error;
+
+/// `vmback backup`.
+pub fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
+    let BackupArgs {
+        repo,
+        sources,
+        vm,
+        uuid,
+        host,
+        datastores,
+        tags,
+        dirty_bitmaps,
+        changed_extents,
+        full,
+        pre_hook,
+        post_hook,
+        hook_timeout,
+        limit_read,
+        json,
+    } = args;
+    let mut tracking = vec![Tracking::Auto; sources.len()];
+    for (value, flag) in dirty_bitmaps
+        .iter()
+        .map(|v| (v, "--dirty-bitmap"))
+        .chain(changed_extents.iter().map(|v| (v, "--changed-extents")))
+    {
+        let (disk, arg) = per_disk(value, flag, sources.len())?;
+        if tracking[disk] != Tracking::Auto {
+            return Err(
+                Error::Usage(format!("disk{disk}: more than one change-tracking option")).into(),
+            );
+        }
+        tracking[disk] = if flag == "--dirty-bitmap" {
+            Tracking::DirtyBitmap(arg.to_string())
+        } else {
+            Tracking::ChangedExtents(PathBuf::from(arg))
+        };
+    }
+    if full {
+        if tracking.iter().any(|t| *t != Tracking::Auto) {
+            return Err(Error::Usage(
+                "--full reads everything; drop the change-tracking options".into(),
+            )
+            .into());
+        }
+        tracking.fill(Tracking::FullRead);
+    }
+    if limit_read == Some(0) {
+        return Err(Error::Usage("--limit-read must be more than 0".into()).into());
+    }
+    let opts = BackupOptions {
+        vm: VmIdentity { name: vm, uuid },
+        host,
+        datastores,
+        tags,
+        sources: sources
+            .into_iter()
+            .zip(tracking)
+            .map(|(spec, tracking)| SourceSpec { spec, tracking })
+            .collect(),
+        pre_hook,
+        post_hook,
+        hook_timeout: Duration::from_secs(hook_timeout),
+        limit_read,
+        progress: !json,
+    };
+    let repo = vmback::repo::open_shared(&repo)?;
+    let report = vmback::backup::backup(&repo, &opts)?;
+    if json {
+        writeln!(stdout(), "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        print_summary(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Splits `diskN=VALUE`; a bare VALUE is allowed when there is one source.
+fn per_disk<'a>(value: &'a str, flag: &str, sources: usize) -> anyhow::Result<(usize, &'a str)> {
+    if let Some((disk, rest)) = value.split_once('=') {
+        if let Some(n) = disk
+            .strip_prefix("disk")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            if n >= sources {
+                return Err(Error::Usage(format!(
+                    "{flag} {value}: there are only {sources} sources (disk0..disk{})",
+                    sources - 1
+                ))
+                .into());
+            }
+            return Ok((n, rest));
+        }
+    }
+    if sources == 1 {
+        Ok((0, value))
+    } else {
+        Err(Error::Usage(format!(
+            "{flag} {value}: several sources; say which disk, e.g. {flag} disk1={value}"
+        ))
+        .into())
+    }
+}
+
+/// The one-line summary (per disk, then totals) on stderr.
+fn print_summary(r: &BackupReport) {
+    for w in &r.warnings {
+        eprintln!("vmback: warning: {w}");
+    }
+    for d in &r.disks {
+        eprintln!(
+            "  {} {}: {}, read {}, new {} (stored {}) [{}{}]",
+            d.name,
+            d.source,
+            human(d.virtual_size),
+            human(d.stats.bytes_read),
+            human(d.stats.bytes_new),
+            human(d.stats.bytes_stored),
+            d.method,
+            d.detail
+                .as_deref()
+                .map(|x| format!(": {x}"))
+                .unwrap_or_default()
+        );
+    }
+    let t = &r.totals;
+    let secs = t.duration_secs.max(1e-6);
+    let dedup = if t.bytes_stored > 0 {
+        format!("{:.1}x", t.bytes_scanned as f64 / t.bytes_stored as f64)
+    } else {
+        "-".into()
+    };
+    eprintln!(
+        "restore point {} ({}/{}): read {}, new {} stored {}, data/stored {}, {}/s, {:.1}s",
+        r.short_id,
+        r.vm,
+        r.name,
+        human(t.bytes_read),
+        human(t.bytes_new),
+        human(t.bytes_stored),
+        dedup,
+        human((t.bytes_read as f64 / secs) as u64),
+        t.duration_secs
+    );
+    println!("{}", r.snapshot);
+}
+
+/// `vmback ls` on an image or a repository.
+pub fn ls(source: &Path, path: Option<&str>, long: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let out = &mut stdout().lock();
+    let (view, inner) = if vmback::repo::is_repository(source) {
+        let repo = vmback::repo::open_shared(source)?;
+        match resolve_repo(&repo, path)? {
+            RepoPlace::Snapshots(vm) => {
+                let list: Vec<_> = repo
+                    .snapshots()?
+                    .into_iter()
+                    .filter(|s| vm.as_deref().is_none_or(|v| s.manifest.vm.name == v))
+                    .collect();
+                if json {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::to_string_pretty(&vmback::snapshots::rows(&list))?
+                    )?;
+                } else {
+                    write!(out, "{}", vmback::snapshots::render(&list))?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            RepoPlace::Disks(snap) => {
+                if json {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::to_string_pretty(&snap.manifest.disks)?
+                    )?;
+                } else {
+                    for d in &snap.manifest.disks {
+                        writeln!(
+                            out,
+                            "{:<6} {:>10}  {:<6} {}",
+                            d.name,
+                            human(d.virtual_size),
+                            d.format,
+                            d.source
+                        )?;
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            RepoPlace::Inside { view, inner } => (view, inner),
+        }
+    } else {
+        let disk = Arc::new(vmback::image::open(source)?);
+        let view = DiskView::new(disk, &source.display().to_string())?;
+        (view, path.unwrap_or("").to_string())
+    };
+    if inner.trim_matches('/').is_empty() {
+        vmback::ls::list_volumes(&view, json, out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let failed = vmback::ls::list_path(&view, &inner, long, json, out)?;
+    for f in &failed {
+        eprintln!("vmback: cannot read {f}");
+    }
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `vmback get` from an image, or from restore points (paths grouped by disk).
+pub fn get(
+    source: &Path,
+    paths: &[String],
+    target: &Path,
+    owner: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let opts = vmback::get::GetOptions { owner };
+    let mut groups: Vec<(DiskView, Vec<String>)> = Vec::new();
+    if vmback::repo::is_repository(source) {
+        let repo = vmback::repo::open_shared(source)?;
+        let mut keyed: Vec<(String, DiskView, Vec<String>)> = Vec::new();
+        for p in paths {
+            let RepoPlace::Inside { view, inner } = resolve_repo(&repo, Some(p))? else {
+                return Err(Error::Usage(format!(
+                    "{p}: name what to get inside a disk: <vm>/<restore point>/<disk>/<volume>/<path>"
+                ))
+                .into());
+            };
+            let key = view.name().to_string();
+            match keyed.iter_mut().find(|(k, _, _)| *k == key) {
+                Some((_, _, list)) => list.push(inner),
+                None => keyed.push((key, view, vec![inner])),
+            }
+        }
+        groups.extend(keyed.into_iter().map(|(_, v, l)| (v, l)));
+    } else {
+        let disk = Arc::new(vmback::image::open(source)?);
+        let view = DiskView::new(disk, &source.display().to_string())?;
+        groups.push((view, paths.to_vec()));
+    }
+    let mut failed = false;
+    for (view, list) in &groups {
+        let report = vmback::get::get(view, list, target, &opts)?;
+        failed |= report.skipped > 0;
+        if json {
+            writeln!(stdout(), "{}", serde_json::to_string_pretty(&report)?)?;
+            continue;
+        }
+        for e in &report.errors {
+            eprintln!("vmback: {e}");
+        }
+        eprintln!(
+            "restored {} files, {} directories, {} symlinks, {} hard links ({}) into {}{}",
+            report.files,
+            report.dirs,
+            report.symlinks,
+            report.hardlinks,
+            human(report.bytes),
+            target.display(),
+            if report.skipped > 0 {
+                format!("; {} entries failed (listed above)", report.skipped)
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

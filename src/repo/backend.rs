@@ -1,0 +1,302 @@
+//! Where repository objects live. The pipeline sees only [`Backend`] (get / put /
+//! list / delete / range reads), so object storage can be added without touching it.
+//! [`LocalBackend`] is the embedded default: a directory on a local or network
+//! filesystem.
+//!
+//! Keys are `/`-separated relative names (`config`, `chunks/ab/ab12…`,
+//! `indexes/…`, `snapshots/…`). Every `put` is atomic: a reader sees the whole
+//! object or nothing, whatever moment a crash or a full disk strikes.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use crate::error::{Error, Result};
+
+/// Storage of immutable, named objects.
+pub trait Backend: Send + Sync {
+    /// The whole object. A missing object is [`Error::NotInRepository`].
+    fn get(&self, key: &str) -> Result<Vec<u8>>;
+    /// `len` bytes from `offset` of the object.
+    fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// Stores an object atomically. An existing object of the same name is replaced
+    /// (callers name objects by content, so a replacement holds the same bytes).
+    fn put(&self, key: &str, data: &[u8]) -> Result<()>;
+    /// Stores an object atomically unless the name is taken; `Ok(false)` when it was.
+    fn put_new(&self, key: &str, data: &[u8]) -> Result<bool>;
+    /// Whether the object exists.
+    fn exists(&self, key: &str) -> Result<bool>;
+    /// Keys under `prefix` (a "directory" such as `snapshots/`), recursively, unsorted.
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    /// Removes an object; removing a missing one is not an error.
+    fn delete(&self, key: &str) -> Result<()>;
+    /// A human name for messages ("/srv/backup", "s3://bucket/prefix").
+    fn location(&self) -> String;
+}
+
+/// A listed object.
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub modified: Option<SystemTime>,
+}
+
+/// A repository in a local directory.
+#[derive(Debug)]
+pub struct LocalBackend {
+    root: PathBuf,
+    /// Distinguishes temporary files of concurrent writers in this process.
+    tmp_counter: AtomicU64,
+}
+
+/// Directory for objects being written (a crash leaves garbage only here).
+const TMP_DIR: &str = "tmp";
+
+impl LocalBackend {
+    /// A backend rooted at `root` (which must exist).
+    pub fn new(root: &Path) -> Self {
+        LocalBackend {
+            root: root.to_path_buf(),
+            tmp_counter: AtomicU64::new(0),
+        }
+    }
+
+    /// The repository directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        // Keys are made by us, but a hostile manifest could name `../x`: refuse.
+        let ok = !key.is_empty()
+            && key
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'));
+        if !ok {
+            return Err(Error::Repository {
+                location: self.location(),
+                reason: format!("invalid object name {key:?}"),
+            });
+        }
+        Ok(self.root.join(key))
+    }
+
+    /// Writes `data` to a fresh temporary file and fsyncs it.
+    fn write_tmp(&self, data: &[u8]) -> Result<PathBuf> {
+        let dir = self.root.join(TMP_DIR);
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "create directory", e))?;
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!("{}-{}-{n}", std::process::id(), unique_suffix()));
+        let result = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(&tmp, write_op(&e), e));
+        }
+        Ok(tmp)
+    }
+
+    fn ensure_parent(&self, path: &Path) -> Result<()> {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| Error::io(parent, "create directory", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Names the operation so a full disk reads as what it is.
+fn write_op(e: &std::io::Error) -> &'static str {
+    if e.raw_os_error() == Some(28) {
+        "write (the repository's filesystem is full)"
+    } else {
+        "write"
+    }
+}
+
+/// Nanoseconds of the clock: enough to keep temp names of several processes apart
+/// together with the pid.
+fn unique_suffix() -> u128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Makes a rename durable: the directory entry itself is fsynced.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, "sync directory", e))
+}
+
+impl Backend for LocalBackend {
+    fn get(&self, key: &str) -> Result<Vec<u8>> {
+        let path = self.path(key)?;
+        fs::read(&path).map_err(|e| missing_or_io(&self.location(), key, &path, e))
+    }
+
+    fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let path = self.path(key)?;
+        let mut f =
+            File::open(&path).map_err(|e| missing_or_io(&self.location(), key, &path, e))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| Error::io(&path, "seek", e))?;
+        let mut buf = Vec::new();
+        f.take(len as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io(&path, "read", e))?;
+        if buf.len() != len {
+            return Err(Error::Repository {
+                location: self.location(),
+                reason: format!(
+                    "{key}: short object ({} bytes at {offset}, wanted {len})",
+                    buf.len()
+                ),
+            });
+        }
+        Ok(buf)
+    }
+
+    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        let path = self.path(key)?;
+        self.ensure_parent(&path)?;
+        let tmp = self.write_tmp(data)?;
+        if let Err(e) = fs::rename(&tmp, &path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(&path, "rename into place", e));
+        }
+        // OK: path was built from root.join(key) and key is not empty.
+        sync_dir(path.parent().unwrap_or(&self.root))
+    }
+
+    fn put_new(&self, key: &str, data: &[u8]) -> Result<bool> {
+        let path = self.path(key)?;
+        self.ensure_parent(&path)?;
+        let tmp = self.write_tmp(data)?;
+        // A hard link fails if the name exists: an atomic "create if absent".
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                sync_dir(path.parent().unwrap_or(&self.root))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io(&path, "link into place", e)),
+        }
+    }
+
+    fn exists(&self, key: &str) -> Result<bool> {
+        let path = self.path(key)?;
+        match fs::symlink_metadata(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(&path, "stat", e)),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let prefix = prefix.trim_end_matches('/');
+        let dir = self.path(prefix)?;
+        let mut out = Vec::new();
+        let mut stack = vec![(dir, prefix.to_string())];
+        while let Some((dir, key)) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(it) => it,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(&dir, "list", e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| Error::io(&dir, "list", e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let meta = entry
+                    .metadata()
+                    .map_err(|e| Error::io(entry.path(), "stat", e))?;
+                let child_key = format!("{key}/{name}");
+                if meta.is_dir() {
+                    stack.push((entry.path(), child_key));
+                } else if meta.is_file() {
+                    out.push(ObjectInfo {
+                        key: child_key,
+                        size: meta.len(),
+                        modified: meta.modified().ok(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&path, "remove", e)),
+        }
+    }
+
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+}
+
+fn missing_or_io(location: &str, key: &str, path: &Path, e: std::io::Error) -> Error {
+    if e.kind() == ErrorKind::NotFound {
+        Error::NotInRepository {
+            location: location.to_string(),
+            key: key.to_string(),
+        }
+    } else {
+        Error::io(path, "read", e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_list_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path());
+        b.put("chunks/ab/abcd", b"hello").unwrap();
+        assert!(b.exists("chunks/ab/abcd").unwrap());
+        assert_eq!(b.get("chunks/ab/abcd").unwrap(), b"hello");
+        assert_eq!(b.get_range("chunks/ab/abcd", 1, 3).unwrap(), b"ell");
+        assert!(!b.put_new("chunks/ab/abcd", b"other").unwrap());
+        assert_eq!(b.get("chunks/ab/abcd").unwrap(), b"hello");
+        assert!(b.put_new("snapshots/x", b"m").unwrap());
+        let keys: Vec<_> = b
+            .list("chunks")
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(keys, vec!["chunks/ab/abcd".to_string()]);
+        b.delete("chunks/ab/abcd").unwrap();
+        b.delete("chunks/ab/abcd").unwrap();
+        assert!(matches!(
+            b.get("chunks/ab/abcd"),
+            Err(Error::NotInRepository { .. })
+        ));
+        // Nothing is left behind in tmp/.
+        assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn refuses_escaping_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path());
+        for key in ["../x", "a//b", "/abs", "", "a/./b"] {
+            assert!(b.get(key).is_err(), "{key}");
+            assert!(b.put(key, b"x").is_err(), "{key}");
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! The repository: content-addressed chunks, one fixed index per disk per restore
+//! point, one manifest per restore point (see DESIGN.md, "Repository invariants").
+//!
+//! ```text
+//! config                      format version, chunk size, hash, compression
+//! chunks/<2 hex>/<64 hex>     chunk objects (chunk.rs)
+//! indexes/<64 hex>            disk indexes (index.rs)
+//! snapshots/<64 hex>          manifests (manifest.rs): a restore point exists iff this does
+//! tmp/                        objects being written; garbage after a crash
+//! ```
+//!
+//! Nothing is rewritten in place: chunks and indexes are named by their content and
+//! manifests by the hash of their JSON, so concurrent writers (several backups, from
+//! several proxies) can only ever write the same bytes under the same name.
+
+pub mod backend;
+pub mod chunk;
+pub mod config;
+pub mod index;
+pub mod manifest;
+pub mod reader;
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use backend::{Backend, LocalBackend};
+use chunk::{hex, ChunkId};
+use config::RepoConfig;
+use index::{DiskIndex, MAX_ENTRIES};
+use manifest::{Manifest, Snapshot, MAX_MANIFEST_BYTES};
+
+use crate::error::{Error, Result};
+
+/// An open repository.
+pub struct Repository {
+    backend: Box<dyn Backend>,
+    config: RepoConfig,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("location", &self.backend.location())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// Whether `path` looks like a vmback repository (a directory with a `config`).
+pub fn is_repository(path: &Path) -> bool {
+    path.is_dir() && path.join("config").is_file()
+}
+
+impl Repository {
+    /// Creates a repository in `path` (created if missing; it must be empty).
+    pub fn init(path: &Path, config: RepoConfig) -> Result<Self> {
+        let location = path.display().to_string();
+        if path.exists() {
+            let mut entries = std::fs::read_dir(path).map_err(|e| Error::io(path, "list", e))?;
+            if entries.next().is_some() {
+                return Err(Error::Repository {
+                    location,
+                    reason: if path.join("config").exists() {
+                        "already a repository".into()
+                    } else {
+                        "directory is not empty (choose an empty or new directory)".into()
+                    },
+                });
+            }
+        } else {
+            std::fs::create_dir_all(path).map_err(|e| Error::io(path, "create directory", e))?;
+        }
+        let backend = LocalBackend::new(path);
+        let json = serde_json::to_vec_pretty(&config).map_err(|e| Error::Repository {
+            location: location.clone(),
+            reason: format!("encoding config: {e}"),
+        })?;
+        if !backend.put_new("config", &json)? {
+            return Err(Error::Repository {
+                location,
+                reason: "already a repository (config appeared while creating it)".into(),
+            });
+        }
+        for dir in ["chunks", "indexes", "snapshots"] {
+            let d = path.join(dir);
+            std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, "create directory", e))?;
+        }
+        Ok(Repository {
+            backend: Box::new(backend),
+            config,
+        })
+    }
+
+    /// Opens the repository in `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let location = path.display().to_string();
+        if !path.is_dir() {
+            return Err(Error::Repository {
+                location,
+                reason: "no such directory (create a repository with `vmback init`)".into(),
+            });
+        }
+        let backend = LocalBackend::new(path);
+        let raw = match backend.get("config") {
+            Ok(raw) => raw,
+            Err(Error::NotInRepository { .. }) => {
+                return Err(Error::Repository {
+                    location,
+                    reason: "not a vmback repository: no config (create one with `vmback init`)"
+                        .into(),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let config: RepoConfig = serde_json::from_slice(&raw).map_err(|e| Error::Repository {
+            location: location.clone(),
+            reason: format!("config is not valid: {e}"),
+        })?;
+        config.validate(&location)?;
+        Ok(Repository {
+            backend: Box::new(backend),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// Where the repository is, for messages.
+    pub fn location(&self) -> String {
+        self.backend.location()
+    }
+
+    /// Whether the repository holds chunk `id`.
+    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        self.backend.exists(&id.key())
+    }
+
+    /// Stores a chunk already encoded with [`chunk::encode`].
+    pub fn put_chunk_object(&self, id: &ChunkId, object: &[u8]) -> Result<()> {
+        self.backend.put(&id.key(), object)
+    }
+
+    /// Reads, decompresses and verifies chunk `id`.
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let object = self.backend.get(&id.key())?;
+        chunk::decode(id, &object, &self.location())
+    }
+
+    /// Stores an index; returns its id.
+    pub fn save_index(&self, index: &DiskIndex) -> Result<String> {
+        let plain = index.to_bytes();
+        let id = hex(blake3::hash(&plain).as_bytes());
+        let key = format!("indexes/{id}");
+        if !self.backend.exists(&key)? {
+            let packed = zstd::bulk::compress(&plain, 3)
+                .map_err(|e| Error::io("zstd", "compress an index", e))?;
+            self.backend.put(&key, &packed)?;
+        }
+        Ok(id)
+    }
+
+    /// Loads and verifies index `id`.
+    pub fn load_index(&self, id: &str) -> Result<DiskIndex> {
+        let key = object_key("indexes", id, &self.location())?;
+        let packed = self.backend.get(&key)?;
+        let cap = 24 + MAX_ENTRIES * 32;
+        let plain = decompress_capped(&packed, cap).map_err(|reason| self.damaged(&key, reason))?;
+        if hex(blake3::hash(&plain).as_bytes()) != id {
+            return Err(self.damaged(&key, "content does not match its name".into()));
+        }
+        DiskIndex::from_bytes(&plain, &self.location(), &key)
+    }
+
+    /// Writes a manifest (the last step of a backup); returns the restore point's id.
+    pub fn save_manifest(&self, manifest: &Manifest) -> Result<String> {
+        let json = serde_json::to_vec_pretty(manifest).map_err(|e| Error::Repository {
+            location: self.location(),
+            reason: format!("encoding manifest: {e}"),
+        })?;
+        let id = hex(blake3::hash(&json).as_bytes());
+        self.backend.put_new(&format!("snapshots/{id}"), &json)?;
+        Ok(id)
+    }
+
+    /// Loads and verifies manifest `id`.
+    pub fn load_manifest(&self, id: &str) -> Result<Manifest> {
+        let key = object_key("snapshots", id, &self.location())?;
+        let json = self.backend.get(&key)?;
+        if json.len() > MAX_MANIFEST_BYTES {
+            return Err(self.damaged(
+                &key,
+                format!("{} bytes, too large for a manifest", json.len()),
+            ));
+        }
+        if hex(blake3::hash(&json).as_bytes()) != id {
+            return Err(self.damaged(&key, "content does not match its name".into()));
+        }
+        serde_json::from_slice(&json)
+            .map_err(|e| self.damaged(&key, format!("not a manifest: {e}")))
+    }
+
+    /// Ids of all restore points (unsorted, unverified).
+    pub fn snapshot_ids(&self) -> Result<Vec<String>> {
+        Ok(self
+            .backend
+            .list("snapshots")?
+            .into_iter()
+            .filter_map(|o| o.key.strip_prefix("snapshots/").map(str::to_string))
+            .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .collect())
+    }
+
+    /// All restore points, oldest first. A manifest that cannot be read is an error:
+    /// a listing must not silently omit a restore point.
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        let mut out = Vec::new();
+        for id in self.snapshot_ids()? {
+            let manifest = self.load_manifest(&id)?;
+            out.push(Snapshot { id, manifest });
+        }
+        out.sort_by(|a, b| {
+            (a.manifest.time.as_str(), a.id.as_str())
+                .cmp(&(b.manifest.time.as_str(), b.id.as_str()))
+        });
+        Ok(out)
+    }
+
+    /// Finds one restore point by `spec`: a full id, a unique id prefix (4+ hex digits),
+    /// `latest`, or the restore point's name; `vm` narrows the search.
+    pub fn find_snapshot(&self, spec: &str, vm: Option<&str>) -> Result<Snapshot> {
+        let all: Vec<Snapshot> = self
+            .snapshots()?
+            .into_iter()
+            .filter(|s| vm.is_none_or(|v| s.manifest.vm.name == v))
+            .collect();
+        let location = self.location();
+        let not_found = |what: String| Error::Repository {
+            location: location.clone(),
+            reason: what,
+        };
+        if spec == "latest" {
+            let vms: std::collections::BTreeSet<&str> =
+                all.iter().map(|s| s.manifest.vm.name.as_str()).collect();
+            if vms.len() > 1 {
+                return Err(Error::Usage(format!(
+                    "`latest` is ambiguous: the repository holds {} VMs ({}); name one with --vm",
+                    vms.len(),
+                    vms.into_iter().collect::<Vec<_>>().join(", ")
+                )));
+            }
+            return all.last().cloned().ok_or_else(|| {
+                not_found(match vm {
+                    Some(v) => format!("no restore point of VM {v}"),
+                    None => "no restore points yet".into(),
+                })
+            });
+        }
+        let by_name: Vec<&Snapshot> = all.iter().filter(|s| s.manifest.name == spec).collect();
+        if by_name.len() == 1 {
+            return Ok(by_name[0].clone());
+        }
+        let spec_l = spec.to_ascii_lowercase();
+        if spec_l.len() >= 4 && spec_l.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let hits: Vec<&Snapshot> = all.iter().filter(|s| s.id.starts_with(&spec_l)).collect();
+            match hits.len() {
+                1 => return Ok(hits[0].clone()),
+                0 => {}
+                n => {
+                    return Err(Error::Usage(format!(
+                    "restore point id prefix {spec} matches {n} restore points; give more digits"
+                )))
+                }
+            }
+        }
+        if by_name.len() > 1 {
+            return Err(Error::Usage(format!(
+                "{} restore points are named {spec} (of different VMs); name the VM with --vm",
+                by_name.len()
+            )));
+        }
+        Err(not_found(format!(
+            "no restore point {spec}{} (list them with `vmback snapshots`)",
+            vm.map(|v| format!(" of VM {v}")).unwrap_or_default()
+        )))
+    }
+
+    /// Resolves the start of a path in the path grammar to a restore point:
+    /// `<vm>/<restore point>/…` (restore point by name, id prefix or `latest`) or
+    /// `<restore point id or prefix>/…` or `latest/…` (with `vm` when given).
+    /// Returns the restore point and the remaining components.
+    pub fn resolve_path<'p>(
+        &self,
+        path: &'p str,
+        vm: Option<&str>,
+    ) -> Result<(Snapshot, Vec<&'p str>)> {
+        let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+        let Some(first) = parts.first().copied() else {
+            return Err(Error::Usage(
+                "name a restore point: <vm>/<restore point>/… or <id>/… (see `vmback snapshots`)"
+                    .into(),
+            ));
+        };
+        let is_vm = vm.is_none()
+            && parts.len() >= 2
+            && self
+                .snapshots()?
+                .iter()
+                .any(|s| s.manifest.vm.name == first);
+        if is_vm {
+            let snap = self.find_snapshot(parts[1], Some(first))?;
+            return Ok((snap, parts[2..].to_vec()));
+        }
+        let snap = self.find_snapshot(first, vm)?;
+        Ok((snap, parts[1..].to_vec()))
+    }
+
+    /// Opens disk `disk` (`disk0`, …) of a restore point for reading.
+    pub fn open_disk(
+        self: &Arc<Self>,
+        snap: &Snapshot,
+        disk: &str,
+        cache_bytes: u64,
+    ) -> Result<reader::RestorePointDisk> {
+        let Some(rec) = snap.manifest.disks.iter().find(|d| d.name == disk) else {
+            return Err(Error::Usage(format!(
+                "restore point {} has no disk {disk:?} (it has {})",
+                snap.short_id(),
+                snap.manifest
+                    .disks
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        let index = self.load_index(&rec.index)?;
+        let name = format!("{}/{}/{disk}", snap.manifest.vm.name, snap.manifest.name);
+        Ok(reader::RestorePointDisk::new(
+            self.clone(),
+            index,
+            name,
+            cache_bytes,
+        ))
+    }
+
+    fn damaged(&self, key: &str, reason: String) -> Error {
+        Error::Damaged {
+            location: self.location(),
+            key: key.to_string(),
+            reason,
+        }
+    }
+}
+
+/// Opens a repository for sharing between threads.
+pub fn open_shared(path: &Path) -> Result<Arc<Repository>> {
+    Repository::open(path).map(Arc::new)
+}
+
+/// `dir/id` after checking that `id` is a 64-digit hex name (ids come from manifests,
+/// which a damaged repository could fill with anything).
+fn object_key(dir: &str, id: &str, location: &str) -> Result<String> {
+    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::Repository {
+            location: location.to_string(),
+            reason: format!("{id:?} is not a valid object id"),
+        });
+    }
+    Ok(format!("{dir}/{}", id.to_ascii_lowercase()))
+}
+
+/// Decompresses zstd data, refusing more than `cap` bytes of output.
+fn decompress_capped(data: &[u8], cap: u64) -> std::result::Result<Vec<u8>, String> {
+    let decoder = zstd::stream::read::Decoder::new(data).map_err(|e| format!("zstd: {e}"))?;
+    let mut out = Vec::new();
+    decoder
+        .take(cap + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("zstd: {e}"))?;
+    if out.len() as u64 > cap {
+        return Err(format!("decompresses to more than {cap} bytes"));
+    }
+    Ok(out)
+}
