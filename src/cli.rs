@@ -75,6 +75,38 @@ pub enum Command {
         /// Also restore owner uid/gid (needs root).
         #[arg(long)]
         owner: bool,
+        /// Replace existing files and symlinks in the target (atomically).
+        #[arg(long)]
+        overwrite: bool,
+        /// Print a JSON report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore files, directory trees or whole disks from a restore point.
+    #[command(
+        after_help = "PATH is <disk>/<volume>/<path in the guest> (e.g. disk0/p2/Users/alice), or just\n<disk> to restore the whole disk as a sparse raw image to --target (a file or a\nblock device). Files keep their metadata, symlinks are recreated and never\nfollowed, nothing is written outside --target, existing files are kept unless\n--overwrite. A damaged chunk fails only the files that use it.\n\nExamples:\n  vmback restore /srv/vmback web01/latest disk0/p1/etc/hosts --target ./r\n  vmback restore /srv/vmback 3fa2c1d0 disk0/p2/Users/alice --target /tmp/alice\n  vmback restore /srv/vmback web01/2026-11-21T030000Z disk1 --target /dev/vg0/web01-data"
+    )]
+    Restore {
+        /// The repository.
+        repo: PathBuf,
+        /// The restore point: `<vm>/<restore point>`, an id or unique prefix, or `latest`.
+        snapshot: String,
+        /// What to restore: `<disk>/<volume>/<path>`, or `<disk>` for the whole disk.
+        #[arg(required = true)]
+        paths: Vec<String>,
+        /// Directory to restore files into (created if missing), or the file or device
+        /// a whole disk is written to.
+        #[arg(long, short = 't', value_name = "DIR|FILE")]
+        target: PathBuf,
+        /// Only restore points of this VM (for `latest` or a name).
+        #[arg(long, value_name = "NAME")]
+        vm: Option<String>,
+        /// Replace existing files (or an existing disk image file).
+        #[arg(long)]
+        overwrite: bool,
+        /// Also restore owner uid/gid (needs root).
+        #[arg(long)]
+        owner: bool,
         /// Print a JSON report.
         #[arg(long)]
         json: bool,

@@ -10,6 +10,7 @@ use vmback::backup::cbt::Tracking;
 use vmback::backup::{BackupOptions, BackupReport, SourceSpec};
 use vmback::browse::DiskView;
 use vmback::cli::BackupArgs;
+use vmback::get::GetOptions;
 use vmback::inspect::human;
 use vmback::location::{resolve_repo, RepoPlace};
 use vmback::repo::manifest::VmIdentity;
@@ -231,10 +232,9 @@ pub fn get(
     source: &Path,
     paths: &[String],
     target: &Path,
-    owner: bool,
+    opts: &GetOptions,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let opts = vmback::get::GetOptions { owner };
     let mut groups: Vec<(DiskView, Vec<String>)> = Vec::new();
     if vmback::repo::is_repository(source) {
         let repo = vmback::repo::open_shared(source)?;
@@ -258,9 +258,19 @@ pub fn get(
         let view = DiskView::new(disk, &source.display().to_string())?;
         groups.push((view, paths.to_vec()));
     }
+    get_groups(&groups, target, opts, json)
+}
+
+/// Runs `get` for each disk's paths and prints the reports.
+fn get_groups(
+    groups: &[(DiskView, Vec<String>)],
+    target: &Path,
+    opts: &GetOptions,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let mut failed = false;
-    for (view, list) in &groups {
-        let report = vmback::get::get(view, list, target, &opts)?;
+    for (view, list) in groups {
+        let report = vmback::get::get(view, list, target, opts)?;
         failed |= report.skipped > 0;
         if json {
             writeln!(stdout(), "{}", serde_json::to_string_pretty(&report)?)?;
@@ -289,4 +299,89 @@ pub fn get(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `vmback restore REPO SNAPSHOT PATH... --target`: files and trees, or whole disks.
+pub fn restore(
+    repo: &Path,
+    snapshot: &str,
+    vm: Option<&str>,
+    paths: &[String],
+    target: &Path,
+    opts: &GetOptions,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let repo = vmback::repo::open_shared(repo)?;
+    let (snap, rest) = repo.resolve_path(snapshot, vm)?;
+    if !rest.is_empty() {
+        return Err(Error::Usage(format!(
+            "{snapshot}: name the restore point alone (`<vm>/<restore point>`, an id or `latest`); paths inside it go after it, e.g. disk0/p1/etc"
+        ))
+        .into());
+    }
+    let whole: Vec<&String> = paths
+        .iter()
+        .filter(|p| !p.trim_matches('/').contains('/'))
+        .collect();
+    if !whole.is_empty() {
+        let [disk] = whole.as_slice() else {
+            return Err(Error::Usage(format!(
+                "restore one whole disk per command (asked for {})",
+                whole
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into());
+        };
+        if paths.len() > 1 {
+            return Err(Error::Usage(
+                "a whole disk goes to --target as an image file; restore files in a separate command".into(),
+            )
+            .into());
+        }
+        let disk = repo.open_disk(&snap, disk.trim_matches('/'), 64 << 20)?;
+        let stats = vmback::export::export(
+            &disk,
+            target,
+            &vmback::export::ExportOptions {
+                format: vmback::export::ExportFormat::Raw,
+                force: opts.overwrite,
+            },
+        )?;
+        if json {
+            writeln!(stdout(), "{}", serde_json::to_string_pretty(&stats)?)?;
+        } else {
+            eprintln!(
+                "restored {} ({} of data) from {} to {} in {:.1}s",
+                disk.name(),
+                human(stats.data_bytes),
+                snap.short_id(),
+                target.display(),
+                stats.duration.as_secs_f64()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut groups: Vec<(DiskView, Vec<String>)> = Vec::new();
+    for p in paths {
+        let p = p.trim_matches('/');
+        let (disk, inner) = p.split_once('/').unwrap_or((p, ""));
+        match groups
+            .iter_mut()
+            .find(|(v, _)| v.name().ends_with(&format!("/{disk}")))
+        {
+            Some((_, list)) => list.push(inner.to_string()),
+            None => {
+                let rpd = repo.open_disk(&snap, disk, vmback::repo::reader::DEFAULT_CACHE_BYTES)?;
+                let name = rpd.name().to_string();
+                groups.push((
+                    DiskView::new(Arc::new(rpd), &name)?,
+                    vec![inner.to_string()],
+                ));
+            }
+        }
+    }
+    get_groups(&groups, target, opts, json)
 }

@@ -5,7 +5,9 @@
 //! - a name is one path component: empty, ".", "..", and names containing '/' or NUL
 //!   are refused (reported, skipped); nothing from the guest is ever joined as a path;
 //! - files are created with `create_new` (O_CREAT|O_EXCL), which never follows a
-//!   symlink and never replaces an existing file;
+//!   symlink and never replaces an existing file; with `--overwrite` they are created
+//!   under a fresh temporary name the same way and renamed over the old entry
+//!   (rename replaces a symlink itself, never what it points at);
 //! - we only descend into a host directory that we just created or that is a real
 //!   directory (checked with `symlink_metadata`, never following links);
 //! - symlinks are recreated as symlinks and never followed, whatever they point at.
@@ -61,6 +63,9 @@ pub struct GetReport {
 pub struct GetOptions {
     /// Apply guest owner ids (only effective when running as root).
     pub owner: bool,
+    /// Replace existing files and symlinks (atomically: the new one is written under a
+    /// temporary name and renamed over the old). Directories are merged either way.
+    pub overwrite: bool,
 }
 
 struct Ctx<'a> {
@@ -265,31 +270,68 @@ fn restore_file(
     meta: &Metadata,
 ) -> Result<()> {
     if let Some(id) = meta.link_id.filter(|_| meta.nlink > 1) {
-        if let Some(first) = ctx.links.get(&id) {
-            fs::hard_link(first, host)
+        if let Some(first) = ctx.links.get(&id).cloned() {
+            let at = creation_path(ctx, host);
+            fs::hard_link(&first, &at)
                 .map_err(|e| Error::io(host, format!("hard link to {}", first.display()), e))?;
+            replace_with(&at, host)?;
             ctx.report.hardlinks += 1;
             return Ok(());
         }
     }
+    let at = creation_path(ctx, host);
     let mut out = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(host)
-        .map_err(|e| Error::io(host, "create (existing files are never overwritten)", e))?;
+        .open(&at)
+        .map_err(|e| {
+            Error::io(
+                host,
+                "create (existing files are kept; --overwrite replaces them)",
+                e,
+            )
+        })?;
     let written = copy_sparse(ctx, node, guest, &mut out, meta.size);
     if let Err(e) = written {
         drop(out);
         // A partial file would look restored: remove it.
-        let _ = fs::remove_file(host);
+        let _ = fs::remove_file(&at);
         return Err(e);
     }
+    replace_with(&at, host)?;
     ctx.report.files += 1;
     if let Some(id) = meta.link_id.filter(|_| meta.nlink > 1) {
         ctx.links.insert(id, host.to_path_buf());
     }
     drop(out);
     apply_metadata(ctx, host, meta, false)
+}
+
+/// Where to create an entry: its own name, or with `--overwrite` a fresh temporary
+/// name beside it (see [`replace_with`]).
+fn creation_path(ctx: &Ctx<'_>, host: &Path) -> PathBuf {
+    if !ctx.opts.overwrite {
+        return host.to_path_buf();
+    }
+    let name = host
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let short: String = name.chars().take(64).collect();
+    host.with_file_name(format!(".{short}.vmback-{}", std::process::id()))
+}
+
+/// Moves an entry created at `at` to `host` (a no-op when they are the same),
+/// replacing a file or symlink there; a directory in the way is an error.
+fn replace_with(at: &Path, host: &Path) -> Result<()> {
+    if at == host {
+        return Ok(());
+    }
+    if let Err(e) = fs::rename(at, host) {
+        let _ = fs::remove_file(at);
+        return Err(Error::io(host, "replace existing entry", e));
+    }
+    Ok(())
 }
 
 /// Copies file data, leaving all-zero blocks as holes, and checks the length.
@@ -355,7 +397,9 @@ fn restore_symlink(ctx: &mut Ctx<'_>, node: NodeId, host: &Path, meta: &Metadata
     }
     // The link is created as is and never followed: where it points does not matter
     // to the restore, and it cannot redirect later writes (see module doc).
-    std::os::unix::fs::symlink(&target, host).map_err(|e| Error::io(host, "create symlink", e))?;
+    let at = creation_path(ctx, host);
+    std::os::unix::fs::symlink(&target, &at).map_err(|e| Error::io(host, "create symlink", e))?;
+    replace_with(&at, host)?;
     ctx.report.symlinks += 1;
     apply_metadata(ctx, host, meta, true)
 }

@@ -188,8 +188,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             paths,
             target,
             owner,
+            overwrite,
             json,
-        } => return commands::get(&image, &paths, &target, owner, json),
+        } => {
+            let opts = vmback::get::GetOptions { owner, overwrite };
+            return commands::get(&image, &paths, &target, &opts, json);
+        }
+        Command::Restore {
+            repo,
+            snapshot,
+            paths,
+            target,
+            vm,
+            overwrite,
+            owner,
+            json,
+        } => {
+            let opts = vmback::get::GetOptions { owner, overwrite };
+            return commands::restore(
+                &repo,
+                &snapshot,
+                vm.as_deref(),
+                &paths,
+                &target,
+                &opts,
+                json,
+            );
+        }
         Command::Cat { image, path } => {
             let (view, inner) = vmback::location::open_view(&image, &path)?;
             vmback::ls::cat(&view, &inner, &mut stdout().lock())?;

@@ -40,6 +40,9 @@ _vmback() {
             vmback,ls)
                 cmd="vmback__subcmd__ls"
                 ;;
+            vmback,restore)
+                cmd="vmback__subcmd__restore"
+                ;;
             vmback,snapshots)
                 cmd="vmback__subcmd__snapshots"
                 ;;
@@ -70,6 +73,9 @@ _vmback() {
             vmback__subcmd__help,ls)
                 cmd="vmback__subcmd__help__subcmd__ls"
                 ;;
+            vmback__subcmd__help,restore)
+                cmd="vmback__subcmd__help__subcmd__restore"
+                ;;
             vmback__subcmd__help,snapshots)
                 cmd="vmback__subcmd__help__subcmd__snapshots"
                 ;;
@@ -83,7 +89,7 @@ _vmback() {
 
     case "${cmd}" in
         vmback)
-            opts="-h -V --threads --help --version inspect ls cat get export init backup snapshots verify help"
+            opts="-h -V --threads --help --version inspect ls cat get restore export init backup snapshots verify help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -215,7 +221,7 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__get)
-            opts="-t -h --target --owner --json --threads --help"
+            opts="-t -h --target --owner --overwrite --json --threads --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -241,7 +247,7 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__help)
-            opts="inspect ls cat get export init backup snapshots verify help"
+            opts="inspect ls cat get restore export init backup snapshots verify help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -366,6 +372,20 @@ _vmback() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmback__subcmd__help__subcmd__restore)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmback__subcmd__help__subcmd__snapshots)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -445,6 +465,36 @@ _vmback() {
                 return 0
             fi
             case "${prev}" in
+                --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmback__subcmd__restore)
+            opts="-t -h --target --vm --overwrite --owner --json --threads --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --target)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -t)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --vm)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --threads)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

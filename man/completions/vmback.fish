@@ -31,6 +31,7 @@ complete -c vmback -n "__fish_vmback_needs_command" -f -a "inspect" -d 'Show wha
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "ls" -d 'List volumes, or a directory inside a guest filesystem of an image'
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "cat" -d 'Write a file from a guest filesystem of an image to standard output'
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "get" -d 'Copy files or directory trees out of a guest filesystem of an image'
+complete -c vmback -n "__fish_vmback_needs_command" -f -a "restore" -d 'Restore files, directory trees or whole disks from a restore point'
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "export" -d 'Write the whole virtual disk of an image or of a restore point to a file'
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "init" -d 'Create a repository'
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "backup" -d 'Back up all disks of one VM into a new restore point'
@@ -49,8 +50,16 @@ complete -c vmback -n "__fish_vmback_using_subcommand cat" -s h -l help -d 'Prin
 complete -c vmback -n "__fish_vmback_using_subcommand get" -s t -l target -d 'Directory to restore into (created if missing)' -r -F
 complete -c vmback -n "__fish_vmback_using_subcommand get" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
 complete -c vmback -n "__fish_vmback_using_subcommand get" -l owner -d 'Also restore owner uid/gid (needs root)'
+complete -c vmback -n "__fish_vmback_using_subcommand get" -l overwrite -d 'Replace existing files and symlinks in the target (atomically)'
 complete -c vmback -n "__fish_vmback_using_subcommand get" -l json -d 'Print a JSON report'
 complete -c vmback -n "__fish_vmback_using_subcommand get" -s h -l help -d 'Print help'
+complete -c vmback -n "__fish_vmback_using_subcommand restore" -s t -l target -d 'Directory to restore files into (created if missing), or the file or device a whole disk is written to' -r -F
+complete -c vmback -n "__fish_vmback_using_subcommand restore" -l vm -d 'Only restore points of this VM (for `latest` or a name)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand restore" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand restore" -l overwrite -d 'Replace existing files (or an existing disk image file)'
+complete -c vmback -n "__fish_vmback_using_subcommand restore" -l owner -d 'Also restore owner uid/gid (needs root)'
+complete -c vmback -n "__fish_vmback_using_subcommand restore" -l json -d 'Print a JSON report'
+complete -c vmback -n "__fish_vmback_using_subcommand restore" -s h -l help -d 'Print help'
 complete -c vmback -n "__fish_vmback_using_subcommand export" -s f -l format -d 'Output format' -r -f -a "raw\t'Raw, sparse'"
 complete -c vmback -n "__fish_vmback_using_subcommand export" -s o -l output -d 'Output file (or block device)' -r -F
 complete -c vmback -n "__fish_vmback_using_subcommand export" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
@@ -85,13 +94,14 @@ complete -c vmback -n "__fish_vmback_using_subcommand verify" -l threads -d 'Wor
 complete -c vmback -n "__fish_vmback_using_subcommand verify" -l read-data -d 'Also read, decompress and re-hash every chunk'
 complete -c vmback -n "__fish_vmback_using_subcommand verify" -l json -d 'Print JSON'
 complete -c vmback -n "__fish_vmback_using_subcommand verify" -s h -l help -d 'Print help'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify help" -f -a "inspect" -d 'Show what a disk image is: format, virtual size, every layer of its chain'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify help" -f -a "ls" -d 'List volumes, or a directory inside a guest filesystem of an image'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify help" -f -a "cat" -d 'Write a file from a guest filesystem of an image to standard output'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify help" -f -a "get" -d 'Copy files or directory trees out of a guest filesystem of an image'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify help" -f -a "export" -d 'Write the whole virtual disk of an image or of a restore point to a file'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify help" -f -a "init" -d 'Create a repository'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify help" -f -a "backup" -d 'Back up all disks of one VM into a new restore point'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify help" -f -a "snapshots" -d 'List the restore points of a repository'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify help" -f -a "verify" -d 'Check a repository: every referenced chunk exists; with --read-data, every chunk decompresses and hashes to its name'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "inspect" -d 'Show what a disk image is: format, virtual size, every layer of its chain'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "ls" -d 'List volumes, or a directory inside a guest filesystem of an image'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "cat" -d 'Write a file from a guest filesystem of an image to standard output'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "get" -d 'Copy files or directory trees out of a guest filesystem of an image'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "restore" -d 'Restore files, directory trees or whole disks from a restore point'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "export" -d 'Write the whole virtual disk of an image or of a restore point to a file'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "init" -d 'Create a repository'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "backup" -d 'Back up all disks of one VM into a new restore point'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "snapshots" -d 'List the restore points of a repository'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "verify" -d 'Check a repository: every referenced chunk exists; with --read-data, every chunk decompresses and hashes to its name'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
