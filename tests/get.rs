@@ -144,7 +144,7 @@ fn restores_tree_with_metadata_and_never_overwrites() {
             .args(["whole/a", "--target"])
             .arg(&target),
     );
-    assert!(err.contains("never overwritten"), "{err}");
+    assert!(err.contains("existing files are kept"), "{err}");
     assert_eq!(
         std::fs::read(target.join("a/b/c/deep.txt")).unwrap(),
         b"mine"
