@@ -165,6 +165,69 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Apply a retention policy: remove restore points no rule keeps (per VM).
+    #[command(
+        after_help = "Each --keep-* rule keeps the newest restore point of each of the N most recent\nhours/days/ISO weeks/months/years that have one (UTC); --keep-last keeps the N\nnewest. The reasons are printed. A VM's last restore point is kept unless\n--allow-empty. Only manifests are removed: run `vmback gc` to reclaim space.\nRestore points given by id are removed whatever the policy.\n\nExamples:\n  vmback forget /srv/vmback --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --dry-run\n  vmback forget /srv/vmback --vm web01 --keep-last 3\n  vmback forget /srv/vmback 3fa2c1d0"
+    )]
+    Forget {
+        /// The repository.
+        repo: PathBuf,
+        /// Restore points to remove explicitly (ids or unique prefixes).
+        snapshots: Vec<String>,
+        /// Only this VM's restore points.
+        #[arg(long, value_name = "NAME")]
+        vm: Option<String>,
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_last: usize,
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_hourly: usize,
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_daily: usize,
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_weekly: usize,
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_monthly: usize,
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_yearly: usize,
+        /// Allow a policy to remove a VM's last restore point.
+        #[arg(long)]
+        allow_empty: bool,
+        /// Print the plan; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove chunks and indexes no restore point references.
+    #[command(
+        after_help = "Safe while backups run: objects younger than the oldest running backup (minus\nthe grace period) are kept, and a backup refreshes any chunk it reuses. See the\nprotocol in src/repo/gc.rs.\n\nExamples:\n  vmback gc /srv/vmback --dry-run\n  vmback gc /srv/vmback --grace 2h"
+    )]
+    Gc {
+        /// The repository.
+        repo: PathBuf,
+        /// Keep unreferenced objects younger than this before the oldest running
+        /// backup (covers clock skew between hosts), e.g. 30m, 2h.
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+        grace: std::time::Duration,
+        /// Report what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List repository locks; remove stale ones (or all, with --all).
+    #[command(
+        after_help = "A lock is stale when its process is gone (same host) or it was not refreshed\nfor 30 minutes. Removing a live lock lets gc or forget run beside an operation\nthat relies on it: only use --all when you are sure nothing is running.\n\nExamples:\n  vmback unlock /srv/vmback\n  vmback unlock /srv/vmback --all"
+    )]
+    Unlock {
+        /// The repository.
+        repo: PathBuf,
+        /// Remove every lock, also live ones.
+        #[arg(long)]
+        all: bool,
+    },
     /// Check a repository: every referenced chunk exists; with --read-data, every
     /// chunk decompresses and hashes to its name.
     #[command(
@@ -260,4 +323,21 @@ pub struct BackupArgs {
     /// Print a JSON report.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Parses durations: `90s`, `30m`, `2h`, `1d`, or seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration such as 30m, 2h, 1d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (s, m, h, d)")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }

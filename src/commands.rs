@@ -313,6 +313,14 @@ pub fn restore(
 ) -> anyhow::Result<ExitCode> {
     let repo = vmback::repo::open_shared(repo)?;
     let (snap, rest) = repo.resolve_path(snapshot, vm)?;
+    // While restoring, gc keeps this restore point's data even if it is forgotten.
+    let indexes = snap
+        .manifest
+        .disks
+        .iter()
+        .map(|d| d.index.clone())
+        .collect();
+    let _lock = vmback::repo::lock::shared(&repo, "restore", indexes)?;
     if !rest.is_empty() {
         return Err(Error::Usage(format!(
             "{snapshot}: name the restore point alone (`<vm>/<restore point>`, an id or `latest`); paths inside it go after it, e.g. disk0/p1/etc"
@@ -384,4 +392,58 @@ pub fn restore(
         }
     }
     get_groups(&groups, target, opts, json)
+}
+
+/// `vmback forget`.
+pub fn forget(
+    repo: &Path,
+    explicit: &[String],
+    vm: Option<&str>,
+    policy: &vmback::forget::Policy,
+    allow_empty: bool,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let repo = vmback::repo::open_shared(repo)?;
+    if policy.is_empty() && explicit.is_empty() && !allow_empty {
+        return Err(Error::Usage(
+            "give a policy (--keep-last, --keep-daily, ...) or restore point ids to remove (or --allow-empty to remove all)".into(),
+        )
+        .into());
+    }
+    let all: Vec<_> = repo
+        .snapshots()?
+        .into_iter()
+        .filter(|s| vm.is_none_or(|v| s.manifest.vm.name == v))
+        .collect();
+    let mut decisions = if policy.is_empty() && !allow_empty {
+        all.iter()
+            .map(|s| vmback::forget::Decision {
+                id: s.id.clone(),
+                vm: s.manifest.vm.name.clone(),
+                name: s.manifest.name.clone(),
+                time: s.manifest.time.clone(),
+                keep: true,
+                reasons: vec!["not named".into()],
+            })
+            .collect()
+    } else {
+        vmback::forget::plan(&all, policy, allow_empty)?
+    };
+    for spec in explicit {
+        let snap = repo.find_snapshot(spec, vm)?;
+        if let Some(d) = decisions.iter_mut().find(|d| d.id == snap.id) {
+            d.keep = false;
+            d.reasons = vec!["named on the command line".into()];
+        }
+    }
+    if !dry_run {
+        vmback::forget::apply(&repo, &decisions)?;
+    }
+    if json {
+        writeln!(stdout(), "{}", serde_json::to_string_pretty(&decisions)?)?;
+    } else {
+        write!(stdout(), "{}", vmback::forget::render(&decisions, dry_run))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,7 @@ pub mod browse;
 pub mod cli;
 pub mod error;
 pub mod export;
+pub mod forget;
 pub mod get;
 pub mod guestfs;
 pub mod image;

@@ -155,6 +155,85 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 write!(stdout(), "{}", vmback::snapshots::render(&list))?;
             }
         }
+        Command::Forget {
+            repo,
+            snapshots,
+            vm,
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            allow_empty,
+            dry_run,
+            json,
+        } => {
+            let policy = vmback::forget::Policy {
+                last: keep_last,
+                hourly: keep_hourly,
+                daily: keep_daily,
+                weekly: keep_weekly,
+                monthly: keep_monthly,
+                yearly: keep_yearly,
+            };
+            return commands::forget(
+                &repo,
+                &snapshots,
+                vm.as_deref(),
+                &policy,
+                allow_empty,
+                dry_run,
+                json,
+            );
+        }
+        Command::Gc {
+            repo,
+            grace,
+            dry_run,
+            json,
+        } => {
+            let repo = repo::open_shared(&repo)?;
+            let r = vmback::repo::gc::gc(&repo, grace, dry_run)?;
+            if json {
+                writeln!(stdout(), "{}", serde_json::to_string_pretty(&r)?)?;
+            } else {
+                for l in &r.stale_locks {
+                    eprintln!(
+                        "vmback: warning: stale lock ignored: {l} (remove with `vmback unlock`)"
+                    );
+                }
+                eprintln!(
+                    "{} {} chunks and {} indexes ({}) no restore point uses; kept {} younger than the grace period; {} restore points, {} chunks in use{}",
+                    if dry_run { "would remove" } else { "removed" },
+                    r.chunks_removed,
+                    r.indexes_removed,
+                    human(r.bytes_reclaimed),
+                    r.kept_young,
+                    r.restore_points,
+                    r.referenced_chunks,
+                    if r.running.is_empty() { String::new() } else { format!("; running: {}", r.running.join("; ")) }
+                );
+            }
+        }
+        Command::Unlock { repo, all } => {
+            let repo = repo::open_shared(&repo)?;
+            let mut removed = 0;
+            for l in vmback::repo::lock::list(&repo)? {
+                let what = vmback::repo::lock::describe(&l);
+                if l.stale.is_some() || all {
+                    if l.stale.is_none() {
+                        eprintln!("vmback: warning: removing a LIVE lock: {what}");
+                    }
+                    repo.backend().delete(&l.key)?;
+                    eprintln!("removed {what}");
+                    removed += 1;
+                } else {
+                    eprintln!("kept (live) {what}");
+                }
+            }
+            eprintln!("{removed} lock(s) removed");
+        }
         Command::Verify {
             repo,
             snapshot,
@@ -162,7 +241,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             vm,
             json,
         } => {
-            let repo = repo::Repository::open(&repo)?;
+            let repo = repo::open_shared(&repo)?;
             let snap = match &snapshot {
                 Some(s) => Some(repo.resolve_path(s, vm.as_deref())?.0),
                 None => None,

@@ -62,11 +62,12 @@ pub struct ChunkUse {
 
 /// Checks the restore points `which` (all when `None`).
 pub fn verify(
-    repo: &Repository,
+    repo: &std::sync::Arc<Repository>,
     which: Option<&Snapshot>,
     read_data: bool,
     progress: bool,
 ) -> Result<VerifyReport> {
+    let _lock = crate::repo::lock::shared(repo, "verify", Vec::new())?;
     let mut report = VerifyReport::default();
     let snapshots: Vec<(String, Option<Snapshot>)> = match which {
         Some(s) => vec![(s.id.clone(), Some(s.clone()))],
@@ -116,7 +117,9 @@ pub fn verify(
     ids.sort();
     let mut problems: BTreeMap<ChunkId, String> = BTreeMap::new();
     for id in &ids {
-        if !present.contains(&id.key()) {
+        if !present.contains(&id.key()) && repo.backend().get_aside(&id.key())?.is_none() {
+            // Noted so that the next backup holding this content stores it again.
+            repo.mark_damaged(id)?;
             problems.insert(*id, "missing".into());
         }
     }
@@ -149,6 +152,10 @@ pub fn verify(
                     report.bytes_read += n;
                 }
                 Err(p) => {
+                    // Noted so that the next backup holding this content stores it again.
+                    if p.starts_with("damaged") {
+                        repo.mark_damaged(&id)?;
+                    }
                     problems.insert(id, p);
                 }
             }

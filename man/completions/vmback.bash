@@ -25,6 +25,12 @@ _vmback() {
             vmback,export)
                 cmd="vmback__subcmd__export"
                 ;;
+            vmback,forget)
+                cmd="vmback__subcmd__forget"
+                ;;
+            vmback,gc)
+                cmd="vmback__subcmd__gc"
+                ;;
             vmback,get)
                 cmd="vmback__subcmd__get"
                 ;;
@@ -46,6 +52,9 @@ _vmback() {
             vmback,snapshots)
                 cmd="vmback__subcmd__snapshots"
                 ;;
+            vmback,unlock)
+                cmd="vmback__subcmd__unlock"
+                ;;
             vmback,verify)
                 cmd="vmback__subcmd__verify"
                 ;;
@@ -57,6 +66,12 @@ _vmback() {
                 ;;
             vmback__subcmd__help,export)
                 cmd="vmback__subcmd__help__subcmd__export"
+                ;;
+            vmback__subcmd__help,forget)
+                cmd="vmback__subcmd__help__subcmd__forget"
+                ;;
+            vmback__subcmd__help,gc)
+                cmd="vmback__subcmd__help__subcmd__gc"
                 ;;
             vmback__subcmd__help,get)
                 cmd="vmback__subcmd__help__subcmd__get"
@@ -79,6 +94,9 @@ _vmback() {
             vmback__subcmd__help,snapshots)
                 cmd="vmback__subcmd__help__subcmd__snapshots"
                 ;;
+            vmback__subcmd__help,unlock)
+                cmd="vmback__subcmd__help__subcmd__unlock"
+                ;;
             vmback__subcmd__help,verify)
                 cmd="vmback__subcmd__help__subcmd__verify"
                 ;;
@@ -89,7 +107,7 @@ _vmback() {
 
     case "${cmd}" in
         vmback)
-            opts="-h -V --threads --help --version inspect ls cat get restore export init backup snapshots verify help"
+            opts="-h -V --threads --help --version inspect ls cat get restore export init backup snapshots forget gc unlock verify help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -220,6 +238,74 @@ _vmback() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmback__subcmd__forget)
+            opts="-h --vm --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly --allow-empty --dry-run --json --threads --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --vm)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-last)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-hourly)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-daily)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-weekly)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-monthly)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-yearly)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmback__subcmd__gc)
+            opts="-h --grace --dry-run --json --threads --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --grace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmback__subcmd__get)
             opts="-t -h --target --owner --overwrite --json --threads --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -247,7 +333,7 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__help)
-            opts="inspect ls cat get restore export init backup snapshots verify help"
+            opts="inspect ls cat get restore export init backup snapshots forget gc unlock verify help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -289,6 +375,34 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__help__subcmd__export)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmback__subcmd__help__subcmd__forget)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmback__subcmd__help__subcmd__gc)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -387,6 +501,20 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__help__subcmd__snapshots)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmback__subcmd__help__subcmd__unlock)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -517,6 +645,24 @@ _vmback() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmback__subcmd__unlock)
+            opts="-h --all --threads --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --threads)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

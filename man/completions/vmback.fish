@@ -36,6 +36,9 @@ complete -c vmback -n "__fish_vmback_needs_command" -f -a "export" -d 'Write the
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "init" -d 'Create a repository'
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "backup" -d 'Back up all disks of one VM into a new restore point'
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "snapshots" -d 'List the restore points of a repository'
+complete -c vmback -n "__fish_vmback_needs_command" -f -a "forget" -d 'Apply a retention policy: remove restore points no rule keeps (per VM)'
+complete -c vmback -n "__fish_vmback_needs_command" -f -a "gc" -d 'Remove chunks and indexes no restore point references'
+complete -c vmback -n "__fish_vmback_needs_command" -f -a "unlock" -d 'List repository locks; remove stale ones (or all, with --all)'
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "verify" -d 'Check a repository: every referenced chunk exists; with --read-data, every chunk decompresses and hashes to its name'
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vmback -n "__fish_vmback_using_subcommand inspect" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
@@ -89,19 +92,42 @@ complete -c vmback -n "__fish_vmback_using_subcommand snapshots" -l vm -d 'Only 
 complete -c vmback -n "__fish_vmback_using_subcommand snapshots" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
 complete -c vmback -n "__fish_vmback_using_subcommand snapshots" -l json -d 'Print JSON'
 complete -c vmback -n "__fish_vmback_using_subcommand snapshots" -s h -l help -d 'Print help'
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l vm -d 'Only this VM\'s restore points' -r
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l keep-last -r
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l keep-hourly -r
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l keep-daily -r
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l keep-weekly -r
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l keep-monthly -r
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l keep-yearly -r
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l allow-empty -d 'Allow a policy to remove a VM\'s last restore point'
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l dry-run -d 'Print the plan; remove nothing'
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l json -d 'Print JSON'
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -s h -l help -d 'Print help'
+complete -c vmback -n "__fish_vmback_using_subcommand gc" -l grace -d 'Keep unreferenced objects younger than this before the oldest running backup (covers clock skew between hosts), e.g. 30m, 2h' -r
+complete -c vmback -n "__fish_vmback_using_subcommand gc" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand gc" -l dry-run -d 'Report what would be removed; remove nothing'
+complete -c vmback -n "__fish_vmback_using_subcommand gc" -l json -d 'Print JSON'
+complete -c vmback -n "__fish_vmback_using_subcommand gc" -s h -l help -d 'Print help'
+complete -c vmback -n "__fish_vmback_using_subcommand unlock" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand unlock" -l all -d 'Remove every lock, also live ones'
+complete -c vmback -n "__fish_vmback_using_subcommand unlock" -s h -l help -d 'Print help'
 complete -c vmback -n "__fish_vmback_using_subcommand verify" -l vm -d 'Only restore points of this VM (for `latest`)' -r
 complete -c vmback -n "__fish_vmback_using_subcommand verify" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
 complete -c vmback -n "__fish_vmback_using_subcommand verify" -l read-data -d 'Also read, decompress and re-hash every chunk'
 complete -c vmback -n "__fish_vmback_using_subcommand verify" -l json -d 'Print JSON'
 complete -c vmback -n "__fish_vmback_using_subcommand verify" -s h -l help -d 'Print help'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "inspect" -d 'Show what a disk image is: format, virtual size, every layer of its chain'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "ls" -d 'List volumes, or a directory inside a guest filesystem of an image'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "cat" -d 'Write a file from a guest filesystem of an image to standard output'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "get" -d 'Copy files or directory trees out of a guest filesystem of an image'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "restore" -d 'Restore files, directory trees or whole disks from a restore point'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "export" -d 'Write the whole virtual disk of an image or of a restore point to a file'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "init" -d 'Create a repository'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "backup" -d 'Back up all disks of one VM into a new restore point'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "snapshots" -d 'List the restore points of a repository'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "verify" -d 'Check a repository: every referenced chunk exists; with --read-data, every chunk decompresses and hashes to its name'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots verify help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "inspect" -d 'Show what a disk image is: format, virtual size, every layer of its chain'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "ls" -d 'List volumes, or a directory inside a guest filesystem of an image'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "cat" -d 'Write a file from a guest filesystem of an image to standard output'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "get" -d 'Copy files or directory trees out of a guest filesystem of an image'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "restore" -d 'Restore files, directory trees or whole disks from a restore point'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "export" -d 'Write the whole virtual disk of an image or of a restore point to a file'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "init" -d 'Create a repository'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "backup" -d 'Back up all disks of one VM into a new restore point'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "snapshots" -d 'List the restore points of a repository'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "forget" -d 'Apply a retention policy: remove restore points no rule keeps (per VM)'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "gc" -d 'Remove chunks and indexes no restore point references'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "unlock" -d 'List repository locks; remove stale ones (or all, with --all)'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "verify" -d 'Check a repository: every referenced chunk exists; with --read-data, every chunk decompresses and hashes to its name'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

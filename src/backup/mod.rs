@@ -90,11 +90,29 @@ pub fn backup(repo: &Arc<Repository>, opts: &BackupOptions) -> Result<BackupRepo
     let started = jiff::Timestamp::now();
     let clock = Instant::now();
     let history = repo.snapshots()?;
-    let parent = history
+    let mut parent = history
         .iter()
         .rev()
         .find(|s| same_vm(&s.manifest.vm, &opts.vm))
         .cloned();
+    // The lock tells a concurrent gc when we started (it keeps every chunk younger
+    // than that) and which indexes we build on (it keeps those and their chunks).
+    let parent_indexes = parent
+        .iter()
+        .flat_map(|p| p.manifest.disks.iter().map(|d| d.index.clone()))
+        .collect();
+    let _lock = crate::repo::lock::shared(repo, "backup", parent_indexes)?;
+    let mut warnings = Vec::new();
+    if let Some(p) = &parent {
+        // A forget between reading the parent and taking the lock: do not build on it.
+        if !repo.backend().exists(&format!("snapshots/{}", p.id))? {
+            warnings.push(format!(
+                "the previous restore point {} was removed while this backup started; reading everything",
+                p.short_id()
+            ));
+            parent = None;
+        }
+    }
 
     let mut env = vec![
         ("VMBACK_VM".to_string(), opts.vm.name.clone()),
@@ -117,7 +135,6 @@ pub fn backup(repo: &Arc<Repository>, opts: &BackupOptions) -> Result<BackupRepo
                 .join("\n"),
         ),
     ];
-    let mut warnings = Vec::new();
 
     let pre = match &opts.pre_hook {
         Some(cmd) => {
@@ -227,6 +244,7 @@ fn capture_all(
         indicatif::ProgressBar::hidden()
     };
     let known = RwLock::new(HashSet::new());
+    let damaged = repo.damaged_chunks()?;
     let limiter = opts.limit_read.map(RateLimiter::new);
     let chunk_size = repo.config().chunk_size;
     let mut records = Vec::new();
@@ -263,6 +281,7 @@ fn capture_all(
             repo,
             limiter: limiter.as_ref(),
             known: &known,
+            damaged: &damaged,
             progress: &bar,
         };
         let (index, mut stats) = pipeline::capture_disk(

@@ -25,6 +25,8 @@ pub struct Capture<'a> {
     /// Chunks known to be in the repository (the parent's, and those stored so far),
     /// so most dedup checks cost no I/O.
     pub known: &'a RwLock<HashSet<ChunkId>>,
+    /// Chunks verify found damaged: re-read and stored again whenever met.
+    pub damaged: &'a HashSet<ChunkId>,
     pub progress: &'a ProgressBar,
 }
 
@@ -76,10 +78,11 @@ pub fn capture_disk(
             .into_par_iter()
             .map(|i| {
                 let unchanged = changed.is_some_and(|c| !c.get(i).copied().unwrap_or(true));
+                let parent_id = parent.and_then(|p| p.entries.get(i).copied().flatten());
+                // A chunk verify found damaged is read again even if unchanged.
+                let parent_damaged = parent_id.is_some_and(|id| cap.damaged.contains(&id));
                 let outcome = match parent {
-                    Some(p) if unchanged => {
-                        Ok(Outcome::Unchanged(p.entries.get(i).copied().flatten()))
-                    }
+                    Some(_) if unchanged && !parent_damaged => Ok(Outcome::Unchanged(parent_id)),
                     _ => capture_chunk(cap, disk, name, &index, i),
                 };
                 cap.progress.inc(index.chunk_len(i) as u64);
@@ -157,14 +160,27 @@ fn capture_chunk(
         });
     }
     let id = ChunkId::of(&buf);
+    if cap.damaged.contains(&id) {
+        // verify found the stored copy damaged: this good copy replaces it.
+        let object = chunk::encode(&buf, cap.repo.config().zstd_level)?;
+        cap.repo.repair_chunk(&id, &object)?;
+        remember(cap, id);
+        return Ok(Outcome::New {
+            id,
+            scanned: data_bytes,
+            plain: len as u64,
+            stored: object.len() as u64,
+        });
+    }
     let known = cap
         .known
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .contains(&id);
-    // `remember` is the claim: of several threads holding the same new content, one
-    // stores it and the others count it as deduplicated.
-    if known || cap.repo.has_chunk(&id)? || !remember(cap, id) {
+    // `claim_chunk` refreshes an existing chunk's time (so a concurrent gc keeps it);
+    // `remember` is the claim among our threads: of several holding the same new
+    // content, one stores it and the others count it as deduplicated.
+    if known || cap.repo.claim_chunk(&id, cap.damaged)? || !remember(cap, id) {
         remember(cap, id);
         return Ok(Outcome::Deduplicated {
             id,

@@ -34,6 +34,19 @@ pub trait Backend: Send + Sync {
     fn delete(&self, key: &str) -> Result<()>;
     /// A human name for messages ("/srv/backup", "s3://bucket/prefix").
     fn location(&self) -> String;
+    /// Sets the object's modification time to now; `Ok(false)` when it does not exist.
+    /// A backup that reuses an object it did not write touches it first, so that a
+    /// concurrent gc sees it as young (see `gc.rs`).
+    fn touch(&self, key: &str) -> Result<bool>;
+    /// Removes the object only if it was last modified before `cutoff`, atomically
+    /// with respect to [`Backend::touch`]: the object is first moved aside, then its
+    /// time is checked, then it is deleted or moved back. Returns the bytes freed.
+    fn remove_if_older(&self, key: &str, cutoff: SystemTime) -> Result<Option<u64>>;
+    /// Moves back objects an interrupted [`Backend::remove_if_older`] left aside;
+    /// returns how many.
+    fn recover_aside(&self) -> Result<usize>;
+    /// Reads an object that an interrupted removal left aside, if there is one.
+    fn get_aside(&self, key: &str) -> Result<Option<Vec<u8>>>;
 }
 
 /// A listed object.
@@ -54,6 +67,13 @@ pub struct LocalBackend {
 
 /// Directory for objects being written (a crash leaves garbage only here).
 const TMP_DIR: &str = "tmp";
+/// Objects gc moved aside while deciding whether to delete them.
+const ASIDE_DIR: &str = "aside";
+
+/// The name of `key` while set aside (one flat directory).
+fn aside_name(key: &str) -> String {
+    key.replace('/', "!")
+}
 
 impl LocalBackend {
     /// A backend rooted at `root` (which must exist).
@@ -245,6 +265,81 @@ impl Backend for LocalBackend {
     fn location(&self) -> String {
         self.root.display().to_string()
     }
+
+    fn touch(&self, key: &str) -> Result<bool> {
+        let path = self.path(key)?;
+        match File::open(&path) {
+            Ok(f) => {
+                f.set_modified(SystemTime::now())
+                    .map_err(|e| Error::io(&path, "touch", e))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(&path, "open", e)),
+        }
+    }
+
+    fn remove_if_older(&self, key: &str, cutoff: SystemTime) -> Result<Option<u64>> {
+        let path = self.path(key)?;
+        let dir = self.root.join(ASIDE_DIR);
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "create directory", e))?;
+        let aside = dir.join(aside_name(key));
+        match fs::rename(&path, &aside) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(&path, "move aside", e)),
+        }
+        // A touch before the rename shows here (same inode); a touch after it failed
+        // with "not found" and its caller wrote the object again.
+        let meta = fs::metadata(&aside).map_err(|e| Error::io(&aside, "stat", e))?;
+        let young = meta.modified().map_or(true, |m| m >= cutoff);
+        if young {
+            put_back(&aside, &path)?;
+            return Ok(None);
+        }
+        fs::remove_file(&aside).map_err(|e| Error::io(&aside, "remove", e))?;
+        Ok(Some(meta.len()))
+    }
+
+    fn recover_aside(&self) -> Result<usize> {
+        let dir = self.root.join(ASIDE_DIR);
+        let entries = match fs::read_dir(&dir) {
+            Ok(it) => it,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io(&dir, "list", e)),
+        };
+        let mut n = 0;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&dir, "list", e))?;
+            let key = entry.file_name().to_string_lossy().replace('!', "/");
+            let path = self.path(&key)?;
+            self.ensure_parent(&path)?;
+            put_back(&entry.path(), &path)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn get_aside(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.path(key)?;
+        let aside = self.root.join(ASIDE_DIR).join(aside_name(key));
+        match fs::read(&aside) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(&aside, "read", e)),
+        }
+    }
+}
+
+/// Moves an object set aside back to its name. If a writer stored it again
+/// meanwhile (same name, same content), the copy set aside is dropped.
+fn put_back(aside: &Path, path: &Path) -> Result<()> {
+    match fs::hard_link(aside, path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io(path, "move back", e)),
+    }
+    fs::remove_file(aside).map_err(|e| Error::io(aside, "remove", e))
 }
 
 fn missing_or_io(location: &str, key: &str, path: &Path, e: std::io::Error) -> Error {

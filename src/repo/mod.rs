@@ -16,10 +16,13 @@
 pub mod backend;
 pub mod chunk;
 pub mod config;
+pub mod gc;
 pub mod index;
+pub mod lock;
 pub mod manifest;
 pub mod reader;
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
@@ -147,10 +150,49 @@ impl Repository {
         self.backend.put(&id.key(), object)
     }
 
-    /// Reads, decompresses and verifies chunk `id`.
+    /// Reads, decompresses and verifies chunk `id` (also from where an interrupted gc
+    /// left it aside).
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let object = self.backend.get(&id.key())?;
+        let object = match self.backend.get(&id.key()) {
+            Err(Error::NotInRepository { location, key }) => match self.backend.get_aside(&key)? {
+                Some(o) => o,
+                None => return Err(Error::NotInRepository { location, key }),
+            },
+            other => other?,
+        };
         chunk::decode(id, &object, &self.location())
+    }
+
+    /// Whether chunk `id` exists, refreshing its time so a concurrent gc keeps it
+    /// (see gc.rs). A chunk marked damaged by verify counts as absent, so that the
+    /// backup stores it again.
+    pub fn claim_chunk(&self, id: &ChunkId, damaged: &HashSet<ChunkId>) -> Result<bool> {
+        if damaged.contains(id) {
+            return Ok(false);
+        }
+        self.backend.touch(&id.key())
+    }
+
+    /// Chunks `verify --read-data` found damaged (`damaged/<id>` markers).
+    pub fn damaged_chunks(&self) -> Result<HashSet<ChunkId>> {
+        Ok(self
+            .backend
+            .list("damaged")?
+            .into_iter()
+            .filter_map(|o| o.key.strip_prefix("damaged/").and_then(ChunkId::from_hex))
+            .collect())
+    }
+
+    /// Records that chunk `id` is damaged, so the next backup holding its content
+    /// writes it again.
+    pub fn mark_damaged(&self, id: &ChunkId) -> Result<()> {
+        self.backend.put(&format!("damaged/{}", id.hex()), b"")
+    }
+
+    /// Stores a chunk that was marked damaged again, and drops the marker.
+    pub fn repair_chunk(&self, id: &ChunkId, object: &[u8]) -> Result<()> {
+        self.backend.put(&id.key(), object)?;
+        self.backend.delete(&format!("damaged/{}", id.hex()))
     }
 
     /// Stores an index; returns its id.
@@ -158,7 +200,7 @@ impl Repository {
         let plain = index.to_bytes();
         let id = hex(blake3::hash(&plain).as_bytes());
         let key = format!("indexes/{id}");
-        if !self.backend.exists(&key)? {
+        if !self.backend.touch(&key)? {
             let packed = zstd::bulk::compress(&plain, 3)
                 .map_err(|e| Error::io("zstd", "compress an index", e))?;
             self.backend.put(&key, &packed)?;
