@@ -27,7 +27,7 @@ end
 complete -c vmback -n "__fish_vmback_needs_command" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
 complete -c vmback -n "__fish_vmback_needs_command" -s h -l help -d 'Print help'
 complete -c vmback -n "__fish_vmback_needs_command" -s V -l version -d 'Print version'
-complete -c vmback -n "__fish_vmback_needs_command" -f -a "inspect" -d 'Show what a disk image is: format, virtual size, every layer of its chain'
+complete -c vmback -n "__fish_vmback_needs_command" -f -a "inspect" -d 'Show what a disk image is: format, virtual size, every layer of its chain, and its partitions and filesystems (type, label, size, used and free space)'
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "ls" -d 'List volumes, or a directory inside a guest filesystem of an image'
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "cat" -d 'Write a file from a guest filesystem of an image to standard output'
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "get" -d 'Copy files or directory trees out of a guest filesystem of an image'
@@ -53,7 +53,7 @@ complete -c vmback -n "__fish_vmback_using_subcommand export" -l threads -d 'Wor
 complete -c vmback -n "__fish_vmback_using_subcommand export" -l force -d 'Replace an existing output file'
 complete -c vmback -n "__fish_vmback_using_subcommand export" -l json -d 'Print a JSON summary'
 complete -c vmback -n "__fish_vmback_using_subcommand export" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export help" -f -a "inspect" -d 'Show what a disk image is: format, virtual size, every layer of its chain'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export help" -f -a "inspect" -d 'Show what a disk image is: format, virtual size, every layer of its chain, and its partitions and filesystems (type, label, size, used and free space)'
 complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export help" -f -a "ls" -d 'List volumes, or a directory inside a guest filesystem of an image'
 complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export help" -f -a "cat" -d 'Write a file from a guest filesystem of an image to standard output'
 complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export help" -f -a "get" -d 'Copy files or directory trees out of a guest filesystem of an image'
