@@ -22,7 +22,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show what a disk image is: format, virtual size, every layer of its chain.
+    /// Show what a disk image is: format, virtual size, every layer of its chain, and
+    /// its partitions and filesystems (type, label, size, used and free space).
     #[command(
         after_help = "Examples:\n  vmback inspect disk.vmdk\n  vmback inspect --json overlay.qcow2"
     )]

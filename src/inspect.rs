@@ -1,11 +1,14 @@
 //! `vmback inspect`: what an image is, layer by layer, and what the user should know.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::guestfs::{self, FsUsage};
 use crate::image::{Disk, DiskImage, Format, LayerInfo, ParentRef, RunKind};
-use crate::io::ReadAt;
-use crate::volume::{read_volumes, VolumeTable};
+use crate::io::{ReadAt, Window};
+use crate::volume::{read_volumes, Volume, VolumeTable};
 
 /// The report of one layer.
 #[derive(Debug, Serialize)]
@@ -40,8 +43,10 @@ pub struct ImageReport {
     pub warnings: Vec<String>,
 }
 
-/// Builds the report (walks the allocation maps; reads no data).
-pub fn inspect(disk: &Disk) -> Result<ImageReport> {
+/// Builds the report: walks the allocation maps and reads the partition table and
+/// each filesystem's allocation metadata (superblock, FAT, cluster bitmap), never
+/// file data. A filesystem that cannot be read is a warning, not a failure.
+pub fn inspect(disk: &Arc<Disk>) -> Result<ImageReport> {
     let mut layers = Vec::new();
     for (level, info) in disk.layers().enumerate() {
         let (mut allocated, mut zero) = (0, 0);
@@ -61,9 +66,19 @@ pub fn inspect(disk: &Disk) -> Result<ImageReport> {
         .map(|e| e.len)
         .sum();
     let mut warnings = disk.warnings().to_vec();
-    let volumes = match read_volumes(disk, &disk.path().display().to_string()) {
-        Ok(v) => {
+    let name = disk.path().display().to_string();
+    let volumes = match read_volumes(&**disk, &name) {
+        Ok(mut v) => {
             warnings.extend(v.warnings.iter().map(|w| format!("partition table: {w}")));
+            for vol in &mut v.volumes {
+                if let Err(e) = fill_usage(disk.clone(), &name, vol) {
+                    warnings.push(format!(
+                        "{}: used space unknown: {}",
+                        vol.name,
+                        crate::error::chain(&e)
+                    ));
+                }
+            }
             Some(v)
         }
         Err(e) => {
@@ -86,6 +101,28 @@ pub fn inspect(disk: &Disk) -> Result<ImageReport> {
         volumes,
         layers,
     })
+}
+
+/// Opens the filesystem of `vol` (when vmback reads that kind) for its usage and, where
+/// the first sectors do not carry it (NTFS), its label.
+fn fill_usage(disk: Arc<Disk>, disk_name: &str, vol: &mut Volume) -> Result<()> {
+    let Some(kind) = vol.filesystem.clone().filter(|k| guestfs::is_supported(k)) else {
+        return Ok(());
+    };
+    let Some(window) = Window::new(disk as Arc<dyn ReadAt>, vol.start, vol.len) else {
+        // Already reported with the partition table (the volume passes the disk's end).
+        return Ok(());
+    };
+    let fs = guestfs::open(
+        Arc::new(window),
+        &kind,
+        &format!("{disk_name} {}", vol.name),
+    )?;
+    if vol.fs_label.is_none() {
+        vol.fs_label = fs.label();
+    }
+    vol.usage = fs.usage()?;
+    Ok(())
 }
 
 fn layer_report(info: &LayerInfo, allocated_bytes: u64, zero_bytes: u64) -> LayerReport {
@@ -195,12 +232,36 @@ pub fn render(r: &ImageReport) -> String {
                     .map(|l| format!("  name '{l}'"))
                     .unwrap_or_default()
             );
+            match (&vol.usage, &vol.filesystem) {
+                (Some(u), _) => {
+                    let _ = writeln!(s, "         {}", usage_line(u));
+                }
+                (None, Some(k)) if guestfs::is_supported(k) => {
+                    let _ = writeln!(s, "         used: ? (see warnings)");
+                }
+                _ => {}
+            }
         }
     }
     for w in &r.warnings {
         let _ = writeln!(s, "warning: {w}");
     }
     s
+}
+
+/// "used: 1.2 GiB of 4.0 GiB (30.0%), free: 2.8 GiB".
+fn usage_line(u: &FsUsage) -> String {
+    let pct = if u.total_bytes == 0 {
+        0.0
+    } else {
+        u.used_bytes as f64 * 100.0 / u.total_bytes as f64
+    };
+    format!(
+        "used: {} of {} ({pct:.1}%), free: {}",
+        human(u.used_bytes),
+        human(u.total_bytes),
+        human(u.free_bytes)
+    )
 }
 
 /// 1536 -> "1.5 KiB".

@@ -47,7 +47,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Command::Inspect { image, json } => {
-            let disk = image::open(&image)?;
+            let disk = Arc::new(image::open(&image)?);
             let report = inspect(&disk)?;
             if json {
                 writeln!(stdout(), "{}", serde_json::to_string_pretty(&report)?)?;

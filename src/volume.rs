@@ -16,6 +16,7 @@ use vmback_parsers::mbr::{has_boot_signature, parse_mbr, Mbr};
 use vmback_parsers::ParseError;
 
 use crate::error::{Error, Result};
+use crate::guestfs::FsUsage;
 use crate::io::ReadAt;
 
 /// The partitioning scheme found on a disk.
@@ -55,8 +56,13 @@ pub struct Volume {
     pub guid: Option<String>,
     /// Detected by signature.
     pub filesystem: Option<String>,
-    /// Filesystem label where the signature block carries it.
+    /// Filesystem label where the signature block carries it (or, after `inspect`
+    /// opened the filesystem, where the filesystem keeps it).
     pub fs_label: Option<String>,
+    /// Total, used and free space of the filesystem, when `inspect` could read it
+    /// (absent otherwise; the report's warnings say why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<FsUsage>,
 }
 
 /// The volumes of a disk and what the user should know about its table.
@@ -134,6 +140,7 @@ pub fn read_volumes(disk: &dyn ReadAt, disk_name: &str) -> Result<VolumeTable> {
                         guid: None,
                         filesystem: None,
                         fs_label: None,
+                        usage: None,
                     }];
                 }
             }
@@ -254,6 +261,7 @@ fn mbr_volume(number: u32, first_lba: u64, e: &vmback_parsers::mbr::MbrEntry) ->
         guid: None,
         filesystem: None,
         fs_label: None,
+        usage: None,
     }
 }
 
@@ -373,6 +381,7 @@ fn gpt_volumes(
             guid: Some(e.unique_guid.to_string()),
             filesystem: None,
             fs_label: None,
+            usage: None,
         })
         .collect();
     (

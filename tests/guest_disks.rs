@@ -343,4 +343,34 @@ fn guest_disks_in_every_container_list_and_read_as_written() {
             assert_eq!(vol, "p2", "volume {vol} was skipped but must be readable");
         }
     }
+    check_inspect_usage(&images, dir.path());
+}
+
+/// `vmback inspect` of every image reports, for each volume, the size, used and free
+/// space that the filesystem's own tools (dumpe2fs, fsck.fat, ntfscluster) count on
+/// that volume cut out of the raw disk.
+fn check_inspect_usage(images: &[(String, PathBuf)], scratch: &Path) {
+    for (disk, raw) in images.iter().filter(|(d, p)| p.ends_with(d)) {
+        let mut want = Vec::new();
+        for (name, start, len, fs) in inspect_volumes(raw) {
+            let kind = fs.unwrap_or_else(|| panic!("{disk} {name}: no filesystem detected"));
+            let cut = scratch.join(format!("{disk}-{name}.vol"));
+            cut_volume(raw, start, len, &cut);
+            let usage = usage_by_tools(&cut, &kind);
+            std::fs::remove_file(&cut).unwrap();
+            let Some(usage) = usage else { return };
+            assert!(usage.1 > 0, "{disk} {name}: the tools see an empty {kind}");
+            want.push((name, Some(usage)));
+        }
+        for (_, img) in images.iter().filter(|(d, _)| d == disk) {
+            let (got, warnings) = inspect_usage(img);
+            assert_eq!(
+                got,
+                want,
+                "{}: inspect usage differs from the tools",
+                img.display()
+            );
+            assert!(warnings.is_empty(), "{}: {warnings:?}", img.display());
+        }
+    }
 }

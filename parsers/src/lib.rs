@@ -14,6 +14,8 @@ pub mod error;
 pub mod limits;
 pub mod probe;
 
+pub mod ext;
+pub mod fat;
 pub mod fsprobe;
 pub mod gpt;
 pub mod mbr;

@@ -6,6 +6,9 @@
 //! interned guest paths (root = 0). Not exposed by ext4-view 1.0, hence not
 //! available here: inode numbers (so hard links restore as separate files), link
 //! counts and extended attributes.
+//!
+//! Used space ([`GuestFs::usage`]) comes from the superblock, parsed here
+//! ([`vmback_parsers::ext::superblock`]) because ext4-view keeps it private.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -13,9 +16,12 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::{Arc, Mutex};
 
 use ext4_view::{Ext4, Ext4Error, Ext4Read};
+use vmback_parsers::ext::superblock::{
+    parse_ext_superblock, EXT_SUPERBLOCK_BYTES, EXT_SUPERBLOCK_OFFSET,
+};
 
 use super::confined::Confined;
-use super::{DirEntry, FileType, GuestFs, Metadata, NodeId, Timestamp};
+use super::{DirEntry, FileType, FsUsage, GuestFs, Metadata, NodeId, Timestamp};
 use crate::error::{Error, Result};
 use crate::io::ReadAt;
 
@@ -39,6 +45,8 @@ pub struct Ext4Fs {
     name: String,
     kind: &'static str,
     label: Option<String>,
+    /// The volume, for the superblock's block counts.
+    volume: Arc<dyn ReadAt>,
 }
 
 /// One worker's state: the filesystem and the file it read last (sequential reads
@@ -109,6 +117,7 @@ impl Ext4Fs {
             name: fs_name,
             kind,
             label,
+            volume,
         })
     }
 
@@ -326,5 +335,23 @@ impl GuestFs for Ext4Fs {
                 .map(|t| OsString::from_vec(t.as_ref().to_vec()))
                 .map_err(|e| fs_error(&fs_name, &String::from_utf8_lossy(&path), e))
         })?
+    }
+
+    /// `dumpe2fs -h` semantics: total = "Block count", free = "Free blocks" (blocks
+    /// reserved for root count as free: statfs's f_bfree, not df's "Avail"), used =
+    /// the difference, so the filesystem's own metadata (inode tables, bitmaps, the
+    /// journal) counts as used, as `df` shows it with the minixdf mount option (by
+    /// default df subtracts that overhead from the size instead). The superblock's
+    /// free count is the one the kernel writes at unmount and at freeze; the journal
+    /// is not replayed for it (dumpe2fs does not replay either).
+    fn usage(&self) -> Result<Option<FsUsage>> {
+        let mut sb = vec![0u8; EXT_SUPERBLOCK_BYTES];
+        self.volume.read_exact_at(EXT_SUPERBLOCK_OFFSET, &mut sb)?;
+        let s = parse_ext_superblock(&sb).map_err(|e| Error::parse(&self.name, e))?;
+        Ok(Some(FsUsage::from_units(
+            u64::from(s.block_size),
+            s.blocks,
+            s.free_blocks,
+        )))
     }
 }

@@ -22,6 +22,10 @@
 //!   it panic (overflow checks in debug builds). Every request is therefore run under
 //!   `catch_unwind`, and a panic becomes an error naming the volume and guest path.
 //!
+//! - Used space ([`GuestFs::usage`]) is counted from the FAT itself
+//!   ([`vmback_parsers::fat`]), read in pieces, not taken from FAT32's FSInfo (a hint
+//!   that fatfs would return as is).
+//!
 //! Semantics: FAT stores local time without a zone; vmback reports it as if it were
 //! UTC (the only choice that does not depend on the host). Creation time (10 ms
 //! resolution) and last-access date are reported where set (a zero date means "never
@@ -39,10 +43,12 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use fatfs::{FatType, FileSystem, FsOptions};
+use vmback_parsers::fat::boot::parse_fat_boot;
+use vmback_parsers::fat::table::count_free_entries;
 use vmback_parsers::limits::MAX_FAT_DIR_ENTRIES;
 
 use super::confined::Confined;
-use super::{DirEntry, FileType, GuestFs, Metadata, NodeId, Timestamp};
+use super::{DirEntry, FileType, FsUsage, GuestFs, Metadata, NodeId, Timestamp};
 use crate::error::{Error, Result};
 use crate::io::ReadAt;
 
@@ -63,6 +69,10 @@ const DIR_SCAN_BUDGET: u64 = MAX_FAT_DIR_ENTRIES * 32 + MAX_FAT_DIR_ENTRIES / 16
 /// the volume label.
 const OPEN_BUDGET: u64 = 64 * 1024;
 
+/// Bytes of the FAT read at a time when counting free clusters: a multiple of 3
+/// (FAT12 pairs) and of 4 (FAT32 entries), so every piece starts on a whole entry.
+const FAT_PIECE: u64 = 768 * 1024;
+
 type Fs = FileSystem<FatDisk>;
 type FatEntry<'a> = fatfs::DirEntry<'a, FatDisk>;
 
@@ -73,6 +83,8 @@ pub struct FatFs {
     name: String,
     kind: &'static str,
     label: Option<String>,
+    /// The volume, for counting the FAT.
+    volume: Arc<dyn ReadAt>,
 }
 
 /// One worker's filesystem and the read budget its disk charges.
@@ -360,10 +372,11 @@ impl FatFs {
     pub fn open(volume: Arc<dyn ReadAt>, name: &str) -> Result<Self> {
         let fs_name = format!("{name} (fat)");
         let err_name = fs_name.clone();
+        let vol = volume.clone();
         let pool = Confined::start(WORKERS, name, move || {
             let budget = Rc::new(Cell::new(OPEN_BUDGET));
             let disk = FatDisk {
-                vol: volume.clone(),
+                vol: vol.clone(),
                 pos: 0,
                 cache: Vec::new(),
                 budget: budget.clone(),
@@ -407,6 +420,7 @@ impl FatFs {
             name: fs_name,
             kind,
             label,
+            volume,
         })
     }
 
@@ -632,6 +646,47 @@ impl GuestFs for FatFs {
             path: guest_path(&path),
             source: "FAT has no symbolic links".into(),
         })
+    }
+
+    /// Clusters of the data area and the free ones among them, counted in the FAT in
+    /// use: what `fsck.fat -v` reports ("used/total clusters") and, times the cluster
+    /// size, the Linux vfat driver's statfs (`df`).
+    fn usage(&self) -> Result<Option<FsUsage>> {
+        let mut head = [0u8; 512];
+        self.volume.read_exact_at(0, &mut head)?;
+        let g = parse_fat_boot(&head).map_err(|e| Error::parse(&self.name, e))?;
+        let entries = g.clusters + 2;
+        // OK: parse_fat_boot checked that the FAT holds every entry, so no overflow.
+        let needed = (entries * g.kind.bits()).div_ceil(8);
+        if g.fat_offset.saturating_add(needed) > self.volume.size() {
+            return Err(Error::GuestFs {
+                fs: self.name.clone(),
+                path: "/ (FAT)".into(),
+                source: format!(
+                    "the FAT ({needed} bytes at {:#x}) extends past the end of the volume \
+                     ({} bytes)",
+                    g.fat_offset,
+                    self.volume.size()
+                )
+                .into(),
+            });
+        }
+        let mut piece = vec![0u8; FAT_PIECE.min(needed) as usize];
+        let mut free = 0u64;
+        let mut done = 0u64;
+        while done < needed {
+            let n = FAT_PIECE.min(needed - done) as usize; // OK: ≤ FAT_PIECE
+            let buf = &mut piece[..n];
+            self.volume.read_exact_at(g.fat_offset + done, buf)?;
+            let first = done * 8 / g.kind.bits();
+            free += count_free_entries(g.kind, buf, first, 2..entries);
+            done += n as u64;
+        }
+        Ok(Some(FsUsage::from_units(
+            u64::from(g.cluster_size),
+            g.clusters,
+            free,
+        )))
     }
 }
 

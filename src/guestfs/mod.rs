@@ -64,6 +64,31 @@ pub struct Metadata {
     pub link_id: Option<u64>,
 }
 
+/// How full a filesystem is, from its own allocation structures (the numbers the
+/// guest's tools report; see each adapter for which tool it matches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FsUsage {
+    /// Space the filesystem manages (its allocation units times their size).
+    pub total_bytes: u64,
+    /// Allocated space, the filesystem's own metadata included.
+    pub used_bytes: u64,
+    /// `total_bytes - used_bytes`.
+    pub free_bytes: u64,
+}
+
+impl FsUsage {
+    /// From a count of allocation units and how many of them are free (`free <= total`
+    /// is the caller's checked invariant; a larger `free` is clamped).
+    pub fn from_units(unit_bytes: u64, total: u64, free: u64) -> Self {
+        let free = free.min(total);
+        FsUsage {
+            total_bytes: total.saturating_mul(unit_bytes),
+            used_bytes: (total - free).saturating_mul(unit_bytes),
+            free_bytes: free.saturating_mul(unit_bytes),
+        }
+    }
+}
+
 /// One entry of a directory listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
@@ -91,6 +116,18 @@ pub trait GuestFs: Send + Sync {
     fn read_at(&self, file: NodeId, offset: u64, buf: &mut [u8]) -> Result<usize>;
     /// The target of a symlink, as stored (bytes; never resolved against the host).
     fn read_link(&self, node: NodeId) -> Result<OsString>;
+    /// Total, used and free space (`None` where the filesystem cannot tell). Reads
+    /// allocation metadata only, never file data.
+    fn usage(&self) -> Result<Option<FsUsage>>;
+}
+
+/// Whether [`open`] has an adapter for a filesystem `kind` (as named by
+/// [`vmback_parsers::fsprobe`]).
+pub fn is_supported(kind: &str) -> bool {
+    matches!(
+        kind,
+        "ext2" | "ext3" | "ext4" | "fat12" | "fat16" | "fat32" | "ntfs"
+    )
 }
 
 /// Opens the filesystem on `volume`, choosing the adapter by `kind` (as detected by

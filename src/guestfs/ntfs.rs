@@ -18,7 +18,9 @@
 //! - zeros past the valid data length (initialized size) of non-resident data, which
 //!   the crate reads from the clusters as they are;
 //! - LZNT1-compressed files (the crate would return the compressed clusters as they
-//!   are): decompressed per compression unit ([`vmback_parsers::ntfs::lznt1`]).
+//!   are): decompressed per compression unit ([`vmback_parsers::ntfs::lznt1`]);
+//! - used space ([`GuestFs::usage`]): the set bits of the cluster bitmap (`$Bitmap`,
+//!   MFT record 6), which the crate does not count, read in pieces.
 //!
 //! **NodeId encoding**: bits 0..48 are the MFT record number (NTFS file references
 //! have a 48-bit record number), bits 48..64 the stream: 0 is the file itself (its
@@ -44,14 +46,14 @@ use ntfs::{
 use vmback_parsers::limits::{
     MAX_NTFS_DIR_ENTRIES, MAX_NTFS_METADATA_READ_PER_OP, MAX_NTFS_REPARSE_BYTES,
 };
-use vmback_parsers::ntfs::boot::parse_ntfs_boot;
+use vmback_parsers::ntfs::boot::{parse_ntfs_boot, NtfsBoot};
 use vmback_parsers::ntfs::lznt1::decompress_lznt1;
 use vmback_parsers::ntfs::reparse::{
     parse_interix_symlink, parse_reparse, NtfsReparse, INTERIX_SYMLINK_MAGIC,
 };
 
 use super::confined::Confined;
-use super::{DirEntry, FileType, GuestFs, Metadata, NodeId, Timestamp};
+use super::{DirEntry, FileType, FsUsage, GuestFs, Metadata, NodeId, Timestamp};
 use crate::error::{Error, Result};
 use crate::io::{ReadAt, ReadAtCursor};
 
@@ -61,6 +63,10 @@ const WORKERS: usize = 2;
 
 /// Record number of the root directory.
 const ROOT_RECORD: u64 = 5;
+/// Record number of the cluster bitmap ($Bitmap).
+const BITMAP_RECORD: u64 = 6;
+/// Bytes of $Bitmap read at a time (8 M clusters: 32 GiB of a 4 KiB-cluster volume).
+const BITMAP_PIECE: u64 = 1 << 20;
 /// Records below this number are reserved for metafiles ($MFT .. $Extend and spares).
 const FIRST_USER_RECORD: u64 = 24;
 const RECORD_MASK: u64 = (1 << 48) - 1;
@@ -70,6 +76,8 @@ pub struct NtfsFs {
     pool: Confined<Worker>,
     name: String,
     label: Option<String>,
+    /// The boot sector, for the volume's cluster count.
+    boot: NtfsBoot,
     /// The first guest path each node was seen under, for error messages.
     paths: Mutex<HashMap<NodeId, String>>,
 }
@@ -437,6 +445,24 @@ fn read_unit(vol: &dyn ReadAt, runs: &[Run], cluster: u64, unit_no: u64) -> WRes
     Ok(out)
 }
 
+/// Set bits among the first `limit` bits of `bytes` (bit 0 of byte 0 first).
+fn count_set_bits(bytes: &[u8], limit: u64) -> u64 {
+    let whole = usize::try_from(limit / 8)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    let mut n: u64 = bytes[..whole]
+        .iter()
+        .map(|b| u64::from(b.count_ones()))
+        .sum();
+    let rest = limit % 8;
+    if rest != 0 {
+        if let Some(b) = bytes.get(whole) {
+            n += u64::from((b & ((1u8 << rest) - 1)).count_ones());
+        }
+    }
+    n
+}
+
 fn name_string(name: &NtfsFileName) -> String {
     name.name().to_string_lossy()
 }
@@ -454,7 +480,7 @@ impl NtfsFs {
             ));
         }
         volume.read_exact_at(0, &mut head)?;
-        parse_ntfs_boot(&head, volume.size())
+        let boot = parse_ntfs_boot(&head, volume.size())
             .map_err(|e| guest_err(&fs_name, "boot sector", Fail::Parse(e)))?;
         let err_name = fs_name.clone();
         let vol = volume.clone();
@@ -497,6 +523,7 @@ impl NtfsFs {
             pool,
             name: fs_name,
             label,
+            boot,
             paths: Mutex::new(paths),
         })
     }
@@ -846,5 +873,73 @@ impl GuestFs for NtfsFs {
                 _ => Err(Fail::Msg("not a symbolic link".into())),
             }
         })
+    }
+
+    /// Clusters of the volume (the boot sector's sector count, whole clusters only:
+    /// the backup boot sector after them is not part of any) and the set bits of
+    /// $Bitmap among them, as ntfs-3g counts them (`ntfscluster`, `ntfsresize
+    /// --info`, and df on an ntfs-3g mount). Bitmap bits past the last cluster are
+    /// padding and are ignored.
+    fn usage(&self) -> Result<Option<FsUsage>> {
+        let cluster = u64::from(self.boot.cluster_size);
+        let clusters = self.boot.volume_bytes / cluster;
+        let bytes = clusters.div_ceil(8);
+        let node = make_node(BITMAP_RECORD, 0);
+        self.paths
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(node)
+            .or_insert_with(|| "/$Bitmap".into());
+        let used = self.run(node, bytes, move |w| -> WResult<u64> {
+            let Worker { ntfs, io, .. } = w;
+            let file = ntfs.file(io, BITMAP_RECORD)?;
+            let item = file
+                .data(io, "")
+                .ok_or_else(|| Fail::Msg("the cluster bitmap has no $DATA attribute".into()))??;
+            let attr = item.to_attribute()?;
+            if attr.value_length() < bytes {
+                return Err(Fail::Msg(format!(
+                    "the cluster bitmap has {} bytes, too few for {clusters} clusters",
+                    attr.value_length()
+                )));
+            }
+            let mut value = attr.value(io)?;
+            // OK: ≤ BITMAP_PIECE (1 MiB).
+            let mut buf = vec![0u8; BITMAP_PIECE.min(bytes) as usize];
+            let (mut done, mut set) = (0u64, 0u64);
+            while done < bytes {
+                let n = BITMAP_PIECE.min(bytes - done) as usize; // OK: ≤ BITMAP_PIECE
+                let got = read_full(&mut value, io, &mut buf[..n])?;
+                if got < n {
+                    return Err(Fail::Msg(format!(
+                        "the cluster bitmap ends after {} of {bytes} bytes",
+                        done + got as u64
+                    )));
+                }
+                set += count_set_bits(&buf[..n], clusters - done * 8);
+                done += n as u64;
+            }
+            Ok(set)
+        })?;
+        Ok(Some(FsUsage::from_units(
+            cluster,
+            clusters,
+            clusters.saturating_sub(used),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_set_bits;
+
+    #[test]
+    fn bitmap_bits_past_the_limit_are_ignored() {
+        assert_eq!(count_set_bits(&[0xff, 0xff], 16), 16);
+        assert_eq!(count_set_bits(&[0xff, 0xff], 12), 12);
+        assert_eq!(count_set_bits(&[0x0f, 0xf0], 12), 4);
+        assert_eq!(count_set_bits(&[0x01], 100), 1);
+        assert_eq!(count_set_bits(&[], 5), 0);
+        assert_eq!(count_set_bits(&[0xff], 0), 0);
     }
 }

@@ -223,3 +223,141 @@ pub fn make_seeded_raw(path: &Path, size: u64, seed: u64) {
         i += 1;
     }
 }
+
+/// `(total, used, free)` bytes of a filesystem.
+pub type Usage = (u64, u64, u64);
+
+/// The number after `key` on the first line of `text` that contains it
+/// (`"Free blocks:              20392"` → 20392).
+fn number_after(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.contains(key))?;
+    let rest = &line[line.find(key)? + key.len()..];
+    let digits: String = rest
+        .trim_start_matches(|c: char| !c.is_ascii_digit())
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// The usage of the filesystem in the file `volume` (the filesystem alone, no
+/// partition table) as its own tools count it: `dumpe2fs -h` (ext: "Block count",
+/// "Free blocks", "Block size"), `fsck.fat -n -v` (FAT: "used/total clusters",
+/// "bytes per cluster"), `ntfsinfo -m` + `ntfscluster` (NTFS: "Volume Size in
+/// Clusters", "Cluster Size", "bytes of free space"). `None` (with a skip message)
+/// when the tool is missing.
+pub fn usage_by_tools(volume: &Path, kind: &str) -> Option<Usage> {
+    let text = |cmd: &mut Command| String::from_utf8_lossy(&run_ok(cmd).stdout).into_owned();
+    match kind {
+        "ext2" | "ext3" | "ext4" => {
+            if !have_tool("dumpe2fs") {
+                return None;
+            }
+            let t = text(Command::new("dumpe2fs").arg("-h").arg(volume));
+            let bs = number_after(&t, "Block size:")?;
+            let total = number_after(&t, "Block count:")? * bs;
+            let free = number_after(&t, "Free blocks:")? * bs;
+            Some((total, total - free, free))
+        }
+        "fat12" | "fat16" | "fat32" => {
+            if !have_tool("fsck.fat") {
+                return None;
+            }
+            let t = text(Command::new("fsck.fat").arg("-n").arg("-v").arg(volume));
+            // "       512 bytes per cluster": the number comes first.
+            let cs: u64 = t
+                .lines()
+                .find(|l| l.contains("bytes per cluster"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            // Last line: "<volume>: 5 files, 4/2847 clusters".
+            let last = t.lines().rev().find(|l| l.ends_with(" clusters"))?;
+            let frac = last.split_whitespace().rev().nth(1)?;
+            let (used, total) = frac.split_once('/')?;
+            let (used, total): (u64, u64) = (used.parse().ok()?, total.parse().ok()?);
+            Some((total * cs, used * cs, (total - used) * cs))
+        }
+        "ntfs" => {
+            if !have_tool("ntfsinfo") || !have_tool("ntfscluster") {
+                return None;
+            }
+            let info = text(Command::new("ntfsinfo").arg("-m").arg(volume));
+            let total = number_after(&info, "Volume Size in Clusters:")?
+                * number_after(&info, "Cluster Size:")?;
+            let c = text(Command::new("ntfscluster").arg(volume));
+            let free = number_after(&c, "bytes of free space")?;
+            Some((total, total - free, free))
+        }
+        _ => None,
+    }
+}
+
+/// `vmback inspect --json IMAGE`: every volume's name and usage (`None` where the
+/// report has none), and the report's warnings.
+pub fn inspect_usage(image: &Path) -> (Vec<(String, Option<Usage>)>, Vec<String>) {
+    let out = run_ok(vmback().args(["inspect", "--json"]).arg(image));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let vols = v["volumes"]["volumes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|vol| {
+                    let u = &vol["usage"];
+                    let usage = u["total_bytes"].as_u64().map(|t| {
+                        (
+                            t,
+                            u["used_bytes"].as_u64().unwrap(),
+                            u["free_bytes"].as_u64().unwrap(),
+                        )
+                    });
+                    (vol["name"].as_str().unwrap().to_string(), usage)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let warnings = v["warnings"]
+        .as_array()
+        .map(|a| a.iter().map(|w| w.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default();
+    (vols, warnings)
+}
+
+/// Copies bytes `start..start + len` of the raw disk `raw` into a new file `out` (a
+/// volume on its own, for the filesystem tools), holes kept sparse.
+pub fn cut_volume(raw: &Path, start: u64, len: u64, out: &Path) {
+    use std::os::unix::fs::FileExt;
+    let src = std::fs::File::open(raw).unwrap();
+    let dst = std::fs::File::create(out).unwrap();
+    dst.set_len(len).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        src.read_exact_at(&mut buf[..n], start + done).unwrap();
+        if buf[..n].iter().any(|&b| b != 0) {
+            dst.write_all_at(&buf[..n], done).unwrap();
+        }
+        done += n as u64;
+    }
+}
+
+/// `(name, start, len, filesystem)` of every volume in `vmback inspect --json IMAGE`.
+pub fn inspect_volumes(image: &Path) -> Vec<(String, u64, u64, Option<String>)> {
+    let out = run_ok(vmback().args(["inspect", "--json"]).arg(image));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["volumes"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|vol| {
+            (
+                vol["name"].as_str().unwrap().to_string(),
+                vol["start"].as_u64().unwrap(),
+                vol["len"].as_u64().unwrap(),
+                vol["filesystem"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
