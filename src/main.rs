@@ -3,6 +3,7 @@
 
 use std::io::{stdout, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;

@@ -31,7 +31,15 @@ complete -c vmback -n "__fish_vmback_needs_command" -f -a "inspect" -d 'Show wha
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "ls" -d 'List volumes, or a directory inside a guest filesystem of an image'
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "cat" -d 'Write a file from a guest filesystem of an image to standard output'
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "get" -d 'Copy files or directory trees out of a guest filesystem of an image'
-complete -c vmback -n "__fish_vmback_needs_command" -f -a "export" -d 'Write the whole virtual disk of an image to a file'
+complete -c vmback -n "__fish_vmback_needs_command" -f -a "restore" -d 'Restore files, directory trees or whole disks from a restore point'
+complete -c vmback -n "__fish_vmback_needs_command" -f -a "export" -d 'Write the whole virtual disk of an image or of a restore point to a file'
+complete -c vmback -n "__fish_vmback_needs_command" -f -a "init" -d 'Create a repository'
+complete -c vmback -n "__fish_vmback_needs_command" -f -a "backup" -d 'Back up all disks of one VM into a new restore point'
+complete -c vmback -n "__fish_vmback_needs_command" -f -a "snapshots" -d 'List the restore points of a repository'
+complete -c vmback -n "__fish_vmback_needs_command" -f -a "forget" -d 'Apply a retention policy: remove restore points no rule keeps (per VM)'
+complete -c vmback -n "__fish_vmback_needs_command" -f -a "gc" -d 'Remove chunks and indexes no restore point references'
+complete -c vmback -n "__fish_vmback_needs_command" -f -a "unlock" -d 'List repository locks; remove stale ones (or all, with --all)'
+complete -c vmback -n "__fish_vmback_needs_command" -f -a "verify" -d 'Check a repository: every referenced chunk exists; with --read-data, every chunk decompresses and hashes to its name'
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vmback -n "__fish_vmback_using_subcommand inspect" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
 complete -c vmback -n "__fish_vmback_using_subcommand inspect" -l json -d 'Print JSON instead of text'
@@ -45,17 +53,81 @@ complete -c vmback -n "__fish_vmback_using_subcommand cat" -s h -l help -d 'Prin
 complete -c vmback -n "__fish_vmback_using_subcommand get" -s t -l target -d 'Directory to restore into (created if missing)' -r -F
 complete -c vmback -n "__fish_vmback_using_subcommand get" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
 complete -c vmback -n "__fish_vmback_using_subcommand get" -l owner -d 'Also restore owner uid/gid (needs root)'
+complete -c vmback -n "__fish_vmback_using_subcommand get" -l overwrite -d 'Replace existing files and symlinks in the target (atomically)'
 complete -c vmback -n "__fish_vmback_using_subcommand get" -l json -d 'Print a JSON report'
 complete -c vmback -n "__fish_vmback_using_subcommand get" -s h -l help -d 'Print help'
+complete -c vmback -n "__fish_vmback_using_subcommand restore" -s t -l target -d 'Directory to restore files into (created if missing), or the file or device a whole disk is written to' -r -F
+complete -c vmback -n "__fish_vmback_using_subcommand restore" -l vm -d 'Only restore points of this VM (for `latest` or a name)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand restore" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand restore" -l overwrite -d 'Replace existing files (or an existing disk image file)'
+complete -c vmback -n "__fish_vmback_using_subcommand restore" -l owner -d 'Also restore owner uid/gid (needs root)'
+complete -c vmback -n "__fish_vmback_using_subcommand restore" -l json -d 'Print a JSON report'
+complete -c vmback -n "__fish_vmback_using_subcommand restore" -s h -l help -d 'Print help'
 complete -c vmback -n "__fish_vmback_using_subcommand export" -s f -l format -d 'Output format' -r -f -a "raw\t'Raw, sparse'"
 complete -c vmback -n "__fish_vmback_using_subcommand export" -s o -l output -d 'Output file (or block device)' -r -F
 complete -c vmback -n "__fish_vmback_using_subcommand export" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
 complete -c vmback -n "__fish_vmback_using_subcommand export" -l force -d 'Replace an existing output file'
 complete -c vmback -n "__fish_vmback_using_subcommand export" -l json -d 'Print a JSON summary'
 complete -c vmback -n "__fish_vmback_using_subcommand export" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export help" -f -a "inspect" -d 'Show what a disk image is: format, virtual size, every layer of its chain, and its partitions and filesystems (type, label, size, used and free space)'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export help" -f -a "ls" -d 'List volumes, or a directory inside a guest filesystem of an image'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export help" -f -a "cat" -d 'Write a file from a guest filesystem of an image to standard output'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export help" -f -a "get" -d 'Copy files or directory trees out of a guest filesystem of an image'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export help" -f -a "export" -d 'Write the whole virtual disk of an image to a file'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmback -n "__fish_vmback_using_subcommand init" -l chunk-size -d 'Bytes per chunk: a power of two from 64KiB to 64MiB' -r
+complete -c vmback -n "__fish_vmback_using_subcommand init" -l compression-level -d 'zstd level for chunks (1 fastest .. 22 smallest)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand init" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand init" -s h -l help -d 'Print help'
+complete -c vmback -n "__fish_vmback_using_subcommand backup" -l vm -d 'The VM\'s name: restore points of one name form one history' -r
+complete -c vmback -n "__fish_vmback_using_subcommand backup" -l uuid -d 'The VM\'s UUID (optional; checked against earlier restore points)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand backup" -l host -d 'Host the VM runs on (metadata)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand backup" -l datastore -d 'Datastore(s) the disks live on (metadata; repeatable)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand backup" -l tag -d 'A tag for the restore point (repeatable)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand backup" -l dirty-bitmap -d 'Track changes with the NBD dirty bitmap NAME ([diskN=]NAME; repeatable)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand backup" -l changed-extents -d 'Track changes with a JSON list of changed extents ([diskN=]FILE; repeatable)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand backup" -l pre-hook -d 'Command run before the capture (e.g. freeze the guest); failing aborts' -r
+complete -c vmback -n "__fish_vmback_using_subcommand backup" -l post-hook -d 'Command run after the capture, always (also on failure)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand backup" -l hook-timeout -d 'Seconds a hook may run before it is killed' -r
+complete -c vmback -n "__fish_vmback_using_subcommand backup" -l limit-read -d 'Limit reads from the sources, e.g. 200MiB/s' -r
+complete -c vmback -n "__fish_vmback_using_subcommand backup" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand backup" -l full -d 'Read every disk completely (no change tracking; dedup still applies)'
+complete -c vmback -n "__fish_vmback_using_subcommand backup" -l json -d 'Print a JSON report'
+complete -c vmback -n "__fish_vmback_using_subcommand backup" -s h -l help -d 'Print help'
+complete -c vmback -n "__fish_vmback_using_subcommand snapshots" -l vm -d 'Only this VM\'s restore points' -r
+complete -c vmback -n "__fish_vmback_using_subcommand snapshots" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand snapshots" -l json -d 'Print JSON'
+complete -c vmback -n "__fish_vmback_using_subcommand snapshots" -s h -l help -d 'Print help'
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l vm -d 'Only this VM\'s restore points' -r
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l keep-last -r
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l keep-hourly -r
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l keep-daily -r
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l keep-weekly -r
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l keep-monthly -r
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l keep-yearly -r
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l allow-empty -d 'Allow a policy to remove a VM\'s last restore point'
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l dry-run -d 'Print the plan; remove nothing'
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -l json -d 'Print JSON'
+complete -c vmback -n "__fish_vmback_using_subcommand forget" -s h -l help -d 'Print help'
+complete -c vmback -n "__fish_vmback_using_subcommand gc" -l grace -d 'Keep unreferenced objects younger than this before the oldest running backup (covers clock skew between hosts), e.g. 30m, 2h' -r
+complete -c vmback -n "__fish_vmback_using_subcommand gc" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand gc" -l dry-run -d 'Report what would be removed; remove nothing'
+complete -c vmback -n "__fish_vmback_using_subcommand gc" -l json -d 'Print JSON'
+complete -c vmback -n "__fish_vmback_using_subcommand gc" -s h -l help -d 'Print help'
+complete -c vmback -n "__fish_vmback_using_subcommand unlock" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand unlock" -l all -d 'Remove every lock, also live ones'
+complete -c vmback -n "__fish_vmback_using_subcommand unlock" -s h -l help -d 'Print help'
+complete -c vmback -n "__fish_vmback_using_subcommand verify" -l vm -d 'Only restore points of this VM (for `latest`)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand verify" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand verify" -l read-data -d 'Also read, decompress and re-hash every chunk'
+complete -c vmback -n "__fish_vmback_using_subcommand verify" -l json -d 'Print JSON'
+complete -c vmback -n "__fish_vmback_using_subcommand verify" -s h -l help -d 'Print help'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "inspect" -d 'Show what a disk image is: format, virtual size, every layer of its chain, and its partitions and filesystems (type, label, size, used and free space)'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "ls" -d 'List volumes, or a directory inside a guest filesystem of an image'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "cat" -d 'Write a file from a guest filesystem of an image to standard output'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "get" -d 'Copy files or directory trees out of a guest filesystem of an image'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "restore" -d 'Restore files, directory trees or whole disks from a restore point'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "export" -d 'Write the whole virtual disk of an image or of a restore point to a file'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "init" -d 'Create a repository'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "backup" -d 'Back up all disks of one VM into a new restore point'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "snapshots" -d 'List the restore points of a repository'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "forget" -d 'Apply a retention policy: remove restore points no rule keeps (per VM)'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "gc" -d 'Remove chunks and indexes no restore point references'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "unlock" -d 'List repository locks; remove stale ones (or all, with --all)'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "verify" -d 'Check a repository: every referenced chunk exists; with --read-data, every chunk decompresses and hashes to its name'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
