@@ -232,7 +232,7 @@ pub enum Command {
     /// Check a repository: every referenced chunk exists; with --read-data, every
     /// chunk decompresses and hashes to its name.
     #[command(
-        after_help = "Exit code 3 when anything is missing or damaged; the report names the\nrestore points, disks and disk offsets that use each bad chunk.\n\nExamples:\n  vmback verify /srv/vmback\n  vmback verify /srv/vmback --read-data\n  vmback verify /srv/vmback web01/latest --read-data --json"
+        after_help = "Exit code 3 when anything is missing or damaged; the report names the\nrestore points, disks and disk offsets that use each bad chunk.\n\nExamples:\n  vmback verify /srv/vmback\n  vmback verify /srv/vmback --read-data\n  vmback verify /srv/vmback web01/latest --read-data --json\n  vmback verify /srv/vmback --filesystems"
     )]
     Verify {
         /// The repository.
@@ -242,6 +242,10 @@ pub enum Command {
         /// Also read, decompress and re-hash every chunk.
         #[arg(long)]
         read_data: bool,
+        /// Also open every volume's filesystem and walk its directory tree (metadata
+        /// only): proof that each restore point can give files back.
+        #[arg(long)]
+        filesystems: bool,
         /// Only restore points of this VM (for `latest`).
         #[arg(long, value_name = "NAME")]
         vm: Option<String>,

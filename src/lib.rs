@@ -23,6 +23,7 @@ pub mod progress;
 pub mod repo;
 pub mod snapshots;
 pub mod verify;
+pub mod verify_fs;
 pub mod volume;
 
 pub use error::{Error, Result};

@@ -239,6 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             repo,
             snapshot,
             read_data,
+            filesystems,
             vm,
             json,
         } => {
@@ -247,7 +248,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(s) => Some(repo.resolve_path(s, vm.as_deref())?.0),
                 None => None,
             };
-            let report = vmback::verify::verify(&repo, snap.as_ref(), read_data, !json)?;
+            let report =
+                vmback::verify::verify(&repo, snap.as_ref(), read_data, filesystems, !json)?;
             if json {
                 writeln!(stdout(), "{}", serde_json::to_string_pretty(&report)?)?;
             } else {

@@ -27,11 +27,16 @@ pub struct VerifyReport {
     pub broken_objects: Vec<BrokenObject>,
     /// Chunks missing or damaged, with their users.
     pub bad_chunks: Vec<BadChunk>,
+    /// With `--filesystems`: every volume's filesystem walked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filesystems: Vec<crate::verify_fs::FsCheck>,
 }
 
 impl VerifyReport {
     pub fn is_clean(&self) -> bool {
-        self.broken_objects.is_empty() && self.bad_chunks.is_empty()
+        self.broken_objects.is_empty()
+            && self.bad_chunks.is_empty()
+            && self.filesystems.iter().all(|f| f.is_ok())
     }
 }
 
@@ -58,6 +63,9 @@ pub struct ChunkUse {
     pub disk: String,
     /// Byte offsets in the disk where the chunk is used.
     pub offsets: Vec<u64>,
+    /// Guest files (`<volume>/<path>`) whose data is in the chunk, where a
+    /// filesystem is recognised.
+    pub files: Vec<String>,
 }
 
 /// Checks the restore points `which` (all when `None`).
@@ -65,6 +73,7 @@ pub fn verify(
     repo: &std::sync::Arc<Repository>,
     which: Option<&Snapshot>,
     read_data: bool,
+    filesystems: bool,
     progress: bool,
 ) -> Result<VerifyReport> {
     let _lock = crate::repo::lock::shared(repo, "verify", Vec::new())?;
@@ -179,13 +188,35 @@ pub fn verify(
                             .push(i as u64 * idx.chunk_size as u64);
                     }
                 }
+                if per_chunk.is_empty() {
+                    continue;
+                }
+                let bad_keys: HashSet<String> = per_chunk.keys().map(|id| id.key()).collect();
+                let all_offsets: Vec<u64> = per_chunk.values().flatten().copied().collect();
+                let files = crate::verify_fs::files_using(
+                    repo,
+                    s,
+                    &d.name,
+                    &all_offsets,
+                    idx.chunk_size as u64,
+                    &bad_keys,
+                );
                 for (id, offsets) in per_chunk {
+                    // A file's read stops at the first bad chunk it meets: it is
+                    // listed under that chunk.
+                    let key = id.key();
+                    let files = files
+                        .iter()
+                        .filter(|(_, k)| *k == key)
+                        .map(|(f, _)| f.clone())
+                        .collect();
                     uses.entry(id).or_default().push(ChunkUse {
                         restore_point: s.short_id().to_string(),
                         vm: s.manifest.vm.name.clone(),
                         name: s.manifest.name.clone(),
                         disk: d.name.clone(),
                         offsets,
+                        files,
                     });
                 }
             }
@@ -197,6 +228,9 @@ pub fn verify(
                 used_by: uses.remove(&id).unwrap_or_default(),
             });
         }
+    }
+    if filesystems {
+        report.filesystems = crate::verify_fs::check_filesystems(repo, &snapshots);
     }
     Ok(report)
 }
@@ -230,6 +264,9 @@ pub fn render(r: &VerifyReport, read_data: bool) -> String {
                 .take(8)
                 .map(|o| format!("{o:#x}"))
                 .collect();
+            if !u.files.is_empty() {
+                out += &format!("  guest files: {}\n", u.files.join(", "));
+            }
             out += &format!(
                 "  used by {} ({}/{}/{}) at {}{}\n",
                 u.restore_point,
@@ -243,6 +280,34 @@ pub fn render(r: &VerifyReport, read_data: bool) -> String {
                     String::new()
                 }
             );
+        }
+    }
+    for f in &r.filesystems {
+        let what = format!(
+            "{} ({}/{}/{}{})",
+            f.restore_point,
+            f.vm,
+            f.name,
+            f.disk,
+            f.volume
+                .as_ref()
+                .map(|v| format!("/{v}"))
+                .unwrap_or_default()
+        );
+        if f.is_ok() {
+            out += &format!(
+                "fs ok  {what}: {} {} entries\n",
+                f.filesystem.as_deref().unwrap_or("?"),
+                f.entries
+            );
+        } else {
+            out += &format!(
+                "FS BAD {what}: {} error(s) in {} entries\n",
+                f.error_count, f.entries
+            );
+            for e in &f.errors {
+                out += &format!("  {e}\n");
+            }
         }
     }
     out += &format!(

@@ -279,3 +279,49 @@ fn hostile_names_in_a_restore_point_stay_inside_the_target() {
     assert!(!dir.path().join("x").exists());
     assert_eq!(std::fs::read(target.join("whole/ok.txt")).unwrap(), b"fine");
 }
+
+#[test]
+fn verify_filesystems_walks_every_volume_and_reports_unreadable_ones() {
+    if !have_tool("mke2fs") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    tree(&src);
+    let img = dir.path().join("disk.img");
+    ext4_disk(&src, &img);
+    let (repo, _) = init_and_backup(dir.path(), "fsok", &img);
+    let out = run_ok(
+        vmback()
+            .arg("verify")
+            .arg(&repo)
+            .args(["--filesystems", "--json"]),
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fs = &report["filesystems"][0];
+    assert_eq!(fs["filesystem"], "ext4", "{report}");
+    // root, lost+found, docs, deep, er, note, a, b, link, hard
+    assert!(fs["entries"].as_u64().unwrap() >= 10, "{report}");
+    assert_eq!(fs["error_count"], 0);
+
+    // Chunks intact, filesystem not: the group descriptors zeroed before the backup.
+    let bad = dir.path().join("bad.img");
+    std::fs::copy(&img, &bad).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&bad)
+        .unwrap()
+        .write_all_at(&[0u8; 4096], 4096)
+        .unwrap();
+    init_and_backup(dir.path(), "fsbad", &bad);
+    let out = vmback()
+        .arg("verify")
+        .arg(&repo)
+        .arg("--filesystems")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("FS BAD") && text.contains("fsbad"), "{text}");
+    assert!(text.contains("fs ok") && text.contains("fsok"), "{text}");
+}

@@ -675,7 +675,7 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__verify)
-            opts="-h --read-data --vm --json --threads --help"
+            opts="-h --read-data --filesystems --vm --json --threads --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -115,6 +115,7 @@ complete -c vmback -n "__fish_vmback_using_subcommand unlock" -s h -l help -d 'P
 complete -c vmback -n "__fish_vmback_using_subcommand verify" -l vm -d 'Only restore points of this VM (for `latest`)' -r
 complete -c vmback -n "__fish_vmback_using_subcommand verify" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
 complete -c vmback -n "__fish_vmback_using_subcommand verify" -l read-data -d 'Also read, decompress and re-hash every chunk'
+complete -c vmback -n "__fish_vmback_using_subcommand verify" -l filesystems -d 'Also open every volume\'s filesystem and walk its directory tree (metadata only): proof that each restore point can give files back'
 complete -c vmback -n "__fish_vmback_using_subcommand verify" -l json -d 'Print JSON'
 complete -c vmback -n "__fish_vmback_using_subcommand verify" -s h -l help -d 'Print help'
 complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get restore export init backup snapshots forget gc unlock verify help" -f -a "inspect" -d 'Show what a disk image is: format, virtual size, every layer of its chain, and its partitions and filesystems (type, label, size, used and free space)'
