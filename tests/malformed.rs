@@ -110,9 +110,61 @@ fn status_kib(field: &str) -> u64 {
 }
 
 /// Runs one case on its own thread; returns a failure description, if any.
-fn run_case(path: &Path) -> Option<String> {
+fn run_case(path: &Path, exercise: Exercise) -> Option<String> {
     let p = path.to_path_buf();
     run_guarded(move || exercise(&p), CASE_TIME_LIMIT)
+}
+
+/// What a case does with a damaged file.
+type Exercise = fn(&Path) -> Result<(), String>;
+
+/// Entries one guest-filesystem case visits at most.
+const FS_ENTRY_CAP: usize = 5000;
+
+/// What a guest-filesystem case does: everything `ls -R` and `get` would do —
+/// partition table, filesystem open, every directory listed, metadata of every
+/// entry, symlinks read, the first MiB of every file read.
+fn exercise_fs(path: &Path) -> Result<(), String> {
+    use vmback::guestfs::{FileType, NodeId};
+    let disk = std::sync::Arc::new(vmback::image::open(path).map_err(|e| e.to_string())?);
+    let view = vmback::browse::DiskView::new(disk, "case").map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 1 << 20];
+    for v in view.table().volumes.clone() {
+        if v.filesystem.is_none() {
+            continue;
+        }
+        let Ok((_, fs)) = view.filesystem(&v.name) else { continue };
+        let _ = fs.label();
+        let _ = fs.usage();
+        let mut stack: Vec<(NodeId, usize)> = vec![(fs.root(), 0)];
+        let mut seen = 0usize;
+        while let Some((node, depth)) = stack.pop() {
+            seen += 1;
+            if seen > FS_ENTRY_CAP || depth > 64 {
+                break;
+            }
+            let Ok(meta) = fs.metadata(node) else { continue };
+            match meta.file_type {
+                FileType::Dir => {
+                    if let Ok(entries) = fs.read_dir(node) {
+                        for e in entries {
+                            let _ = fs.lookup(node, &e.name);
+                            stack.push((e.node, depth + 1));
+                        }
+                    }
+                }
+                FileType::File => {
+                    let n = (meta.size as usize).min(buf.len());
+                    let _ = fs.read_at(node, 0, &mut buf[..n]);
+                }
+                FileType::Symlink => {
+                    let _ = fs.read_link(node);
+                }
+                FileType::Other => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs `f` on its own thread under the case rules: a panic, not finishing within
@@ -355,7 +407,7 @@ fn flips(start: u64, len: u64) -> Vec<(u64, u8)> {
 }
 
 /// Runs the whole sweep for one subject, returning failures.
-fn sweep(s: &Subject) -> (usize, Vec<String>) {
+fn sweep(s: &Subject, exercise: Exercise) -> (usize, Vec<String>) {
     let pristine = std::fs::read(&s.path).unwrap();
     let mut failures = Vec::new();
     let file_len = pristine.len() as u64;
@@ -394,7 +446,7 @@ fn sweep(s: &Subject) -> (usize, Vec<String>) {
     for l in lens {
         write_whole(&pristine[..l as usize]);
         cases += 1;
-        if let Some(f) = run_case(&target) {
+        if let Some(f) = run_case(&target, exercise) {
             failures.push(format!("{}: truncated to {l} bytes: {f}", s.name));
         }
     }
@@ -416,7 +468,7 @@ fn sweep(s: &Subject) -> (usize, Vec<String>) {
         let orig = pristine[*off as usize];
         file.write_all_at(&[orig ^ (1 << bit)], *off).unwrap();
         cases += 1;
-        if let Some(f) = run_case(&target) {
+        if let Some(f) = run_case(&target, exercise) {
             failures.push(format!(
                 "{}: bit {bit} of byte {off:#x} ({label}) flipped: {f}",
                 s.name
@@ -437,7 +489,7 @@ fn sweep(s: &Subject) -> (usize, Vec<String>) {
             ] {
                 file.write_all_at(&v, w).unwrap();
                 cases += 1;
-                if let Some(f) = run_case(&target) {
+                if let Some(f) = run_case(&target, exercise) {
                     failures.push(format!(
                         "{}: word at {w:#x} ({label}) set to {v:02x?}: {f}",
                         s.name
@@ -517,7 +569,7 @@ fn damaged_images_give_errors_not_panics_hangs_or_huge_allocations() {
     let mut total = 0;
     for s in subjects(dir.path()) {
         let t = Instant::now();
-        let (cases, f) = sweep(&s);
+        let (cases, f) = sweep(&s, exercise);
         eprintln!(
             "{}: {cases} cases, {} failures, {:.1}s",
             s.name,
@@ -583,4 +635,82 @@ fn corpus_afl_cases_fail_cleanly() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Small guest filesystems made by the real tools, with the regions worth damaging.
+fn fs_subjects(dir: &Path) -> Vec<Subject> {
+    let mut out = Vec::new();
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("a/b/c")).unwrap();
+    for i in 0..40 {
+        std::fs::write(tree.join(format!("a/file{i}.txt")), format!("file {i}\n").repeat(i * 50)).unwrap();
+    }
+    std::fs::write(tree.join("a/b/c/deep.bin"), seeded_bytes(5, 300_000)).unwrap();
+    std::os::unix::fs::symlink("../a/file1.txt", tree.join("a/b/link")).unwrap();
+    if have_tool("mke2fs") {
+        let img = dir.join("ext4.img");
+        std::fs::File::create(&img).unwrap().set_len(4 << 20).unwrap();
+        run_ok(Command::new("mke2fs").args(["-q", "-F", "-t", "ext4", "-b", "1024", "-d"]).arg(&tree).arg(&img));
+        out.push(Subject {
+            name: "ext4",
+            path: img,
+            // Superblock, group descriptors, bitmaps, inode table, first directories.
+            regions: vec![("metadata".into(), 1024, 300 << 10)],
+        });
+    }
+    if have_tool("mkfs.vfat") && have_tool("mcopy") {
+        let img = dir.join("fat.img");
+        std::fs::File::create(&img).unwrap().set_len(4 << 20).unwrap();
+        run_ok(Command::new("mkfs.vfat").args(["-F", "12", "-n", "SWEEP"]).arg(&img).stdout(std::process::Stdio::null()));
+        // (mcopy cannot copy the symlink: the directories and files only.)
+        let mut cmd = Command::new("mcopy");
+        cmd.args(["-s", "-i"]).arg(&img).arg(tree.join("a/b/c"));
+        for i in 0..40 {
+            cmd.arg(tree.join(format!("a/file{i}.txt")));
+        }
+        run_ok(cmd.arg("::/"));
+        out.push(Subject {
+            name: "fat12",
+            path: img,
+            // Boot sector, both FATs, root directory, first clusters.
+            regions: vec![("metadata".into(), 0, 96 << 10)],
+        });
+    }
+    if have_tool("zstd") {
+        let img = dir.join("ntfs.img");
+        run_ok(Command::new("zstd").args(["-q", "-d", "-f", "-o"]).arg(&img).arg(root().join("fixtures/ntfs/sample.ntfs.zst")));
+        let boot = std::fs::read(&img).unwrap();
+        let cluster = le_u32(&boot, 0x0b) as u64 & 0xffff;
+        let cluster = cluster * boot[0x0d] as u64;
+        let mft = le_u64(&boot, 0x30) * cluster;
+        out.push(Subject {
+            name: "ntfs",
+            path: img,
+            regions: vec![("boot sector".into(), 0, 512), ("MFT".into(), mft, 64 << 10)],
+        });
+    }
+    out
+}
+
+#[test]
+fn damaged_guest_filesystems_give_errors_not_panics_hangs_or_huge_allocations() {
+    install_panic_hook();
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    let mut total = 0;
+    for s in fs_subjects(dir.path()) {
+        let t = Instant::now();
+        let (cases, f) = sweep(&s, exercise_fs);
+        eprintln!("{}: {cases} cases, {} failures, {:.1}s", s.name, f.len(), t.elapsed().as_secs_f64());
+        total += cases;
+        failures.extend(f);
+    }
+    let shown: Vec<&str> = failures.iter().take(60).map(|s| s.as_str()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {total} damaged filesystems misbehaved (first {} shown):\n{}",
+        failures.len(),
+        shown.len(),
+        shown.join("\n")
+    );
 }
