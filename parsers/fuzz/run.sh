@@ -24,9 +24,37 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 export RUSTC_BOOTSTRAP=1
 
+# seed_fs TARGET DIR: small volumes made by the real tools (guest filesystem and
+# partition-table targets). The guestfs target takes one leading byte that picks the
+# adapter (0 ext4, 1 ntfs, 2 fat).
+seed_fs() {
+    local target=$1 dir=$2 tmp
+    tmp=$(mktemp -d)
+    truncate -s 1M "$tmp/ext4" "$tmp/fat" "$tmp/gpt"
+    command -v mke2fs >/dev/null && mke2fs -q -F -t ext4 "$tmp/ext4" 2>/dev/null || true
+    command -v mkfs.vfat >/dev/null && mkfs.vfat -F 12 "$tmp/fat" >/dev/null 2>&1 || true
+    command -v sgdisk >/dev/null && sgdisk -n 1:34:1000 "$tmp/gpt" >/dev/null 2>&1 || true
+    zstd -dc "$ROOT/fixtures/ntfs/sample.ntfs.zst" 2>/dev/null | head -c 1048576 >"$tmp/ntfs" || true
+    case $target in
+    guestfs)
+        { printf '\000'; cat "$tmp/ext4"; } >"$dir/ext4"
+        { printf '\001'; cat "$tmp/ntfs"; } >"$dir/ntfs"
+        { printf '\002'; cat "$tmp/fat"; } >"$dir/fat"
+        ;;
+    *) cp "$tmp/ext4" "$tmp/fat" "$tmp/gpt" "$tmp/ntfs" "$dir/" ;;
+    esac
+    rm -rf "$tmp"
+}
+
 # seed_for TARGET DIR: puts a few small sample inputs for TARGET into DIR.
 seed_for() {
     local target=$1 dir=$2
+    case $target in
+    guestfs | fs_superblocks | mbr_gpt)
+        seed_fs "$target" "$dir"
+        return
+        ;;
+    esac
     local fmts=()
     case $target in
     *qcow2*) fmts=(qcow2) ;;

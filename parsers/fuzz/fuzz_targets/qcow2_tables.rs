@@ -5,7 +5,9 @@ use libfuzzer_sys::fuzz_target;
 use vmback_parsers::qcow2::{parse_l1_table, Qcow2L2Format};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, rest)) = data.split_first() else { return };
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
     let cluster_bits = 9 + u32::from(sel % 13);
     let _ = parse_l1_table(rest, 0x10000, rest.len() / 8, cluster_bits);
     let fmt = Qcow2L2Format {
