@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 use vmback::image::DiskImage;
 use vmback::io::ReadAt;
 
+/// The sweeps measure the whole process's memory per case, so they must not run at
+/// the same time as each other.
+static SWEEP_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Peak RSS any single case may reach.
 const MAX_CASE_RSS: u64 = 1 << 30;
 /// Most the peak virtual size of the process may rise during one case (a new
@@ -133,7 +137,9 @@ fn exercise_fs(path: &Path) -> Result<(), String> {
         if v.filesystem.is_none() {
             continue;
         }
-        let Ok((_, fs)) = view.filesystem(&v.name) else { continue };
+        let Ok((_, fs)) = view.filesystem(&v.name) else {
+            continue;
+        };
         let _ = fs.label();
         let _ = fs.usage();
         let mut stack: Vec<(NodeId, usize)> = vec![(fs.root(), 0)];
@@ -143,7 +149,9 @@ fn exercise_fs(path: &Path) -> Result<(), String> {
             if seen > FS_ENTRY_CAP || depth > 64 {
                 break;
             }
-            let Ok(meta) = fs.metadata(node) else { continue };
+            let Ok(meta) = fs.metadata(node) else {
+                continue;
+            };
             match meta.file_type {
                 FileType::Dir => {
                     if let Ok(entries) = fs.read_dir(node) {
@@ -561,6 +569,7 @@ fn damaged_images_give_errors_not_panics_hangs_or_huge_allocations() {
     if !have_tool("qemu-img") {
         return;
     }
+    let _serial = SWEEP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     install_panic_hook();
     harness_catches_panics_and_hangs();
     let dir = tempfile::tempdir().unwrap();
@@ -643,14 +652,26 @@ fn fs_subjects(dir: &Path) -> Vec<Subject> {
     let tree = dir.join("tree");
     std::fs::create_dir_all(tree.join("a/b/c")).unwrap();
     for i in 0..40 {
-        std::fs::write(tree.join(format!("a/file{i}.txt")), format!("file {i}\n").repeat(i * 50)).unwrap();
+        std::fs::write(
+            tree.join(format!("a/file{i}.txt")),
+            format!("file {i}\n").repeat(i * 50),
+        )
+        .unwrap();
     }
     std::fs::write(tree.join("a/b/c/deep.bin"), seeded_bytes(5, 300_000)).unwrap();
     std::os::unix::fs::symlink("../a/file1.txt", tree.join("a/b/link")).unwrap();
     if have_tool("mke2fs") {
         let img = dir.join("ext4.img");
-        std::fs::File::create(&img).unwrap().set_len(4 << 20).unwrap();
-        run_ok(Command::new("mke2fs").args(["-q", "-F", "-t", "ext4", "-b", "1024", "-d"]).arg(&tree).arg(&img));
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+        run_ok(
+            Command::new("mke2fs")
+                .args(["-q", "-F", "-t", "ext4", "-b", "1024", "-d"])
+                .arg(&tree)
+                .arg(&img),
+        );
         out.push(Subject {
             name: "ext4",
             path: img,
@@ -660,8 +681,16 @@ fn fs_subjects(dir: &Path) -> Vec<Subject> {
     }
     if have_tool("mkfs.vfat") && have_tool("mcopy") {
         let img = dir.join("fat.img");
-        std::fs::File::create(&img).unwrap().set_len(4 << 20).unwrap();
-        run_ok(Command::new("mkfs.vfat").args(["-F", "12", "-n", "SWEEP"]).arg(&img).stdout(std::process::Stdio::null()));
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+        run_ok(
+            Command::new("mkfs.vfat")
+                .args(["-F", "12", "-n", "SWEEP"])
+                .arg(&img)
+                .stdout(std::process::Stdio::null()),
+        );
         // (mcopy cannot copy the symlink: the directories and files only.)
         let mut cmd = Command::new("mcopy");
         cmd.args(["-s", "-i"]).arg(&img).arg(tree.join("a/b/c"));
@@ -678,7 +707,12 @@ fn fs_subjects(dir: &Path) -> Vec<Subject> {
     }
     if have_tool("zstd") {
         let img = dir.join("ntfs.img");
-        run_ok(Command::new("zstd").args(["-q", "-d", "-f", "-o"]).arg(&img).arg(root().join("fixtures/ntfs/sample.ntfs.zst")));
+        run_ok(
+            Command::new("zstd")
+                .args(["-q", "-d", "-f", "-o"])
+                .arg(&img)
+                .arg(root().join("fixtures/ntfs/sample.ntfs.zst")),
+        );
         let boot = std::fs::read(&img).unwrap();
         let cluster = le_u32(&boot, 0x0b) as u64 & 0xffff;
         let cluster = cluster * boot[0x0d] as u64;
@@ -686,7 +720,10 @@ fn fs_subjects(dir: &Path) -> Vec<Subject> {
         out.push(Subject {
             name: "ntfs",
             path: img,
-            regions: vec![("boot sector".into(), 0, 512), ("MFT".into(), mft, 64 << 10)],
+            regions: vec![
+                ("boot sector".into(), 0, 512),
+                ("MFT".into(), mft, 64 << 10),
+            ],
         });
     }
     out
@@ -694,6 +731,7 @@ fn fs_subjects(dir: &Path) -> Vec<Subject> {
 
 #[test]
 fn damaged_guest_filesystems_give_errors_not_panics_hangs_or_huge_allocations() {
+    let _serial = SWEEP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     install_panic_hook();
     let dir = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
@@ -701,10 +739,16 @@ fn damaged_guest_filesystems_give_errors_not_panics_hangs_or_huge_allocations() 
     for s in fs_subjects(dir.path()) {
         let t = Instant::now();
         let (cases, f) = sweep(&s, exercise_fs);
-        eprintln!("{}: {cases} cases, {} failures, {:.1}s", s.name, f.len(), t.elapsed().as_secs_f64());
+        eprintln!(
+            "{}: {cases} cases, {} failures, {:.1}s",
+            s.name,
+            f.len(),
+            t.elapsed().as_secs_f64()
+        );
         total += cases;
         failures.extend(f);
     }
+    eprintln!("after the sweep: VmRSS {} MiB", status_kib("VmRSS:") >> 10);
     let shown: Vec<&str> = failures.iter().take(60).map(|s| s.as_str()).collect();
     assert!(
         failures.is_empty(),
