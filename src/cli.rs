@@ -99,7 +99,7 @@ pub enum Command {
         /// imports require it); the added tail reads as zeros.
         #[arg(long)]
         align: bool,
-        /// Output file (or block device).
+        /// Output file (a block device only with --format raw).
         #[arg(long, short = 'o', value_name = "OUT")]
         output: PathBuf,
         /// Replace an existing output file.

@@ -69,7 +69,7 @@ pub fn build_u64_table(entries: &[u64], len: usize) -> Vec<u8> {
 
 /// Refcounts one refcount block holds.
 pub fn refcounts_per_block(cluster_bits: u32) -> u64 {
-    (1u64 << cluster_bits) * 8 >> REFCOUNT_ORDER
+    ((1u64 << cluster_bits) * 8) >> REFCOUNT_ORDER
 }
 
 /// How many clusters the refcount table and the refcount blocks take when they are
