@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::export::ExportFormat;
+use crate::export::{ExportFormat, Subformat};
 
 /// Image-level backup of virtual machine disks, with granular restore.
 #[derive(Debug, Parser)]
@@ -114,7 +114,7 @@ pub enum Command {
     },
     /// Write the whole virtual disk of an image or of a restore point to a file.
     #[command(
-        after_help = "SOURCE is an image file, or a repository followed by the disk of a restore point\nin the path grammar: <vm>/<restore point>/<disk> or <id>/<disk>, where the\nrestore point is a name, an id prefix or `latest`.\n\nExamples:\n  vmback export disk.vhdx --format raw -o disk.raw\n  vmback export /srv/vmback web01/latest/disk0 -o web01.raw\n  vmback export /srv/vmback 3fa2c1d0/disk1 -o data.raw"
+        after_help = EXPORT_HELP
     )]
     Export {
         /// The image file (its parent chain is followed), or a repository.
@@ -124,7 +124,15 @@ pub enum Command {
         /// Output format.
         #[arg(long, short = 'f', value_enum, default_value = "raw")]
         format: ExportFormat,
-        /// Output file (or block device).
+        /// Variant of the format, as qemu-img's `-o subformat=` (vmdk: monolithicSparse,
+        /// streamOptimized; vhd, vhdx: dynamic, fixed).
+        #[arg(long, value_enum, value_name = "SUBFORMAT", ignore_case = true)]
+        subformat: Option<Subformat>,
+        /// Round a fixed VHD up to a whole number of MiB (Azure and other cloud
+        /// imports require it); the added tail reads as zeros.
+        #[arg(long)]
+        align: bool,
+        /// Output file (a block device only with --format raw).
         #[arg(long, short = 'o', value_name = "OUT")]
         output: PathBuf,
         /// Replace an existing output file.
@@ -254,6 +262,24 @@ pub enum Command {
         json: bool,
     },
 }
+
+const EXPORT_HELP: &str = "\
+SOURCE is an image file, or a repository followed by the disk of a restore point
+in the path grammar: <vm>/<restore point>/<disk> or <id>/<disk>, where the
+restore point is a name, an id prefix or `latest`.
+
+Only data is read, and all-zero data is never written: raw output is sparse,
+containers allocate nothing for it. A size that is not a whole number of 512-byte
+sectors is rounded up for the containers. The output is written as
+OUT.vmback-partial and renamed when complete.
+
+Examples:
+  vmback export disk.vhdx --format raw -o disk.raw
+  vmback export /srv/vmback web01/latest/disk0 -o web01.raw
+  vmback export /srv/vmback 3fa2c1d0/disk1 -o data.raw
+  vmback export disk.qcow2 --format vmdk --subformat streamOptimized -o disk.vmdk
+  vmback export disk.vmdk --format vhd --subformat fixed --align -o azure.vhd
+  vmback export /srv/vmback web01/latest/disk0 --format vhdx -o web01.vhdx";
 
 const BACKUP_HELP: &str = "\
 Change tracking, per disk: --dirty-bitmap (an NBD export's qemu:dirty-bitmap),

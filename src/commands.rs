@@ -355,6 +355,8 @@ pub fn restore(
             target,
             &vmback::export::ExportOptions {
                 format: vmback::export::ExportFormat::Raw,
+                subformat: None,
+                align: false,
                 force: opts.overwrite,
             },
         )?;

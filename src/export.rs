@@ -19,6 +19,16 @@ use crate::error::{Error, Result};
 use crate::image::{DiskImage, RunKind};
 use crate::progress::bytes_bar;
 
+mod container;
+mod ids;
+mod output;
+mod pipeline;
+mod qcow2;
+mod vhd;
+mod vhdx;
+mod vmdk;
+mod vmdk_stream;
+
 /// Size of one unit of parallel work.
 const BLOCK: u64 = 4 << 20;
 
@@ -27,12 +37,66 @@ const BLOCK: u64 = 4 << 20;
 pub enum ExportFormat {
     /// Raw, sparse.
     Raw,
+    /// qcow2 v3 (QEMU/KVM).
+    Qcow2,
+    /// VMDK (VMware): monolithicSparse (default) or streamOptimized.
+    Vmdk,
+    /// VHD (Virtual PC, Hyper-V, Azure): dynamic (default) or fixed.
+    Vhd,
+    /// VHDX (Hyper-V): dynamic (default) or fixed.
+    Vhdx,
+}
+
+impl ExportFormat {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportFormat::Raw => "raw",
+            ExportFormat::Qcow2 => "qcow2",
+            ExportFormat::Vmdk => "vmdk",
+            ExportFormat::Vhd => "vhd",
+            ExportFormat::Vhdx => "vhdx",
+        }
+    }
+}
+
+/// Variants of a format, named as `qemu-img create -o subformat=` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum Subformat {
+    /// VHD / VHDX: blocks allocated as data is met (default).
+    #[value(name = "dynamic")]
+    Dynamic,
+    /// VHD / VHDX: every block present, the file as large as the disk.
+    #[value(name = "fixed")]
+    Fixed,
+    /// VMDK: one sparse file, grains allocated as data is met (default).
+    #[value(name = "monolithicSparse")]
+    MonolithicSparse,
+    /// VMDK: compressed grains in one stream, for OVF/OVA and vSphere import.
+    #[value(name = "streamOptimized")]
+    StreamOptimized,
+}
+
+impl Subformat {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Subformat::Dynamic => "dynamic",
+            Subformat::Fixed => "fixed",
+            Subformat::MonolithicSparse => "monolithicSparse",
+            Subformat::StreamOptimized => "streamOptimized",
+        }
+    }
 }
 
 /// Options of an export.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
     pub format: ExportFormat,
+    /// The format's variant (None: its default).
+    pub subformat: Option<Subformat>,
+    /// Round a fixed VHD up to whole MiB.
+    pub align: bool,
     /// Replace an existing output file.
     pub force: bool,
 }
@@ -44,7 +108,8 @@ pub struct ExportStats {
     pub virtual_size: u64,
     /// Bytes of the virtual disk stored as data in the source chain.
     pub data_bytes: u64,
-    /// Bytes written to the output (data that was not all zero).
+    /// Bytes written to the output (data that was not all zero, plus a container's
+    /// metadata; compressed, for streamOptimized).
     pub written_bytes: u64,
     #[serde(serialize_with = "secs")]
     pub duration: Duration,
@@ -60,8 +125,9 @@ pub fn export(
     out: &Path,
     opts: &ExportOptions,
 ) -> Result<ExportStats> {
-    match opts.format {
-        ExportFormat::Raw => export_raw(disk, out, opts),
+    match container::Target::from_options(opts)? {
+        container::Target::Raw => export_raw(disk, out, opts),
+        target => container::export(disk, out, target, opts.force),
     }
 }
 

@@ -60,11 +60,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             source,
             disk,
             format,
+            subformat,
+            align,
             output,
             force,
             json,
         } => {
-            let opts = ExportOptions { format, force };
+            let opts = ExportOptions {
+                format,
+                subformat,
+                align,
+                force,
+            };
             let (stats, bytes_read) = if repo::is_repository(&source) {
                 let Some(path) = disk else {
                     return Err(vmback::Error::Usage(format!(

@@ -267,6 +267,8 @@ fn qcow2_reads_and_extents_agree_with_qemu_img() {
         &out,
         &vmback::export::ExportOptions {
             format: vmback::export::ExportFormat::Raw,
+            subformat: None,
+            align: false,
             force: false,
         },
     )

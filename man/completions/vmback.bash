@@ -205,18 +205,22 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__export)
-            opts="-f -o -h --format --output --force --json --threads --help"
+            opts="-f -o -h --format --subformat --align --output --force --json --threads --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --format)
-                    COMPREPLY=($(compgen -W "raw" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vhd vhdx" -- "${cur}"))
                     return 0
                     ;;
                 -f)
-                    COMPREPLY=($(compgen -W "raw" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "raw qcow2 vmdk vhd vhdx" -- "${cur}"))
+                    return 0
+                    ;;
+                --subformat)
+                    COMPREPLY=($(compgen -W "dynamic fixed monolithicSparse streamOptimized" -- "${cur}"))
                     return 0
                     ;;
                 --output)

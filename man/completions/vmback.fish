@@ -63,9 +63,18 @@ complete -c vmback -n "__fish_vmback_using_subcommand restore" -l overwrite -d '
 complete -c vmback -n "__fish_vmback_using_subcommand restore" -l owner -d 'Also restore owner uid/gid (needs root)'
 complete -c vmback -n "__fish_vmback_using_subcommand restore" -l json -d 'Print a JSON report'
 complete -c vmback -n "__fish_vmback_using_subcommand restore" -s h -l help -d 'Print help'
-complete -c vmback -n "__fish_vmback_using_subcommand export" -s f -l format -d 'Output format' -r -f -a "raw\t'Raw, sparse'"
-complete -c vmback -n "__fish_vmback_using_subcommand export" -s o -l output -d 'Output file (or block device)' -r -F
+complete -c vmback -n "__fish_vmback_using_subcommand export" -s f -l format -d 'Output format' -r -f -a "raw\t'Raw, sparse'
+qcow2\t'qcow2 v3 (QEMU/KVM)'
+vmdk\t'VMDK (VMware): monolithicSparse (default) or streamOptimized'
+vhd\t'VHD (Virtual PC, Hyper-V, Azure): dynamic (default) or fixed'
+vhdx\t'VHDX (Hyper-V): dynamic (default) or fixed'"
+complete -c vmback -n "__fish_vmback_using_subcommand export" -l subformat -d 'Variant of the format, as qemu-img\'s `-o subformat=` (vmdk: monolithicSparse, streamOptimized; vhd, vhdx: dynamic, fixed)' -r -f -a "dynamic\t'VHD / VHDX: blocks allocated as data is met (default)'
+fixed\t'VHD / VHDX: every block present, the file as large as the disk'
+monolithicSparse\t'VMDK: one sparse file, grains allocated as data is met (default)'
+streamOptimized\t'VMDK: compressed grains in one stream, for OVF/OVA and vSphere import'"
+complete -c vmback -n "__fish_vmback_using_subcommand export" -s o -l output -d 'Output file (a block device only with --format raw)' -r -F
 complete -c vmback -n "__fish_vmback_using_subcommand export" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand export" -l align -d 'Round a fixed VHD up to a whole number of MiB (Azure and other cloud imports require it); the added tail reads as zeros'
 complete -c vmback -n "__fish_vmback_using_subcommand export" -l force -d 'Replace an existing output file'
 complete -c vmback -n "__fish_vmback_using_subcommand export" -l json -d 'Print a JSON summary'
 complete -c vmback -n "__fish_vmback_using_subcommand export" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -228,8 +228,9 @@ impl Qcow2Header {
     }
 }
 
-/// `ceil(size / (cluster_size * l2_entries))` without overflow.
-fn l1_entries_needed(size: u64, cluster_bits: u32, l2_bits: u32) -> u64 {
+/// L1 entries that map `size` bytes: `ceil(size / (cluster_size * l2_entries))`
+/// without overflow (`l2_bits` is log2 of the entries per L2 table).
+pub fn l1_entries_needed(size: u64, cluster_bits: u32, l2_bits: u32) -> u64 {
     let shift = cluster_bits + l2_bits; // ≤ 21 + 18 = 39
     let span = 1u64 << shift;
     size / span + u64::from(size % span != 0)

@@ -29,7 +29,8 @@ use crate::error::{ParseError, Result};
 
 const WHAT: &str = "qcow2 L2 entry";
 
-const COPIED: u64 = 1 << 63;
+/// Bit 63 of an L1 or L2 entry: the cluster's refcount is exactly one ("copied").
+pub const COPIED: u64 = 1 << 63;
 const COMPRESSED: u64 = 1 << 62;
 const ZERO: u64 = 1;
 

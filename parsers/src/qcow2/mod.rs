@@ -26,6 +26,7 @@ pub mod header;
 pub mod l1;
 pub mod l2;
 pub mod snapshot;
+pub mod write;
 
 pub use compressed::Qcow2CompressedDescriptor;
 pub use extensions::{Qcow2Bitmaps, Qcow2Extensions, Qcow2FeatureName, Qcow2FeatureType};

@@ -8,7 +8,8 @@
 use crate::error::{ParseError, Result};
 
 const WHAT: &str = "VHD BAT";
-const UNALLOCATED: u32 = 0xFFFF_FFFF;
+/// The entry of a block that is not allocated.
+pub const UNALLOCATED: u32 = 0xFFFF_FFFF;
 
 /// A validated BAT.
 #[derive(Debug, Clone, PartialEq, Eq)]

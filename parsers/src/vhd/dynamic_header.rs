@@ -19,7 +19,8 @@ use crate::limits::{MAX_VHD_BAT_ENTRIES, MAX_VHD_BLOCK_BYTES};
 pub const DYNAMIC_HEADER_BYTES: usize = 1024;
 
 const WHAT: &str = "VHD dynamic header";
-const COOKIE: &[u8; 8] = b"cxsparse";
+/// The dynamic header cookie.
+pub const COOKIE: &[u8; 8] = b"cxsparse";
 /// Offset of the checksum field.
 pub const CHECKSUM_FIELD: usize = 0x24;
 const LOCATORS_AT: usize = 0x240;
@@ -181,11 +182,17 @@ pub fn parse_dynamic_header(buf: &[u8], base: u64) -> Result<VhdDynamicHeader> {
     })
 }
 
+/// Bytes of the sector bitmap in front of every block of `block_size` bytes: one bit
+/// per sector, rounded up to whole sectors (readers and writers share this rule).
+pub fn bitmap_bytes(block_size: u32) -> u64 {
+    (u64::from(block_size) / 512).div_ceil(8).div_ceil(512) * 512
+}
+
 impl VhdDynamicHeader {
     /// Bytes of the sector bitmap before each block: one bit per sector, rounded up to
     /// whole sectors.
     pub fn bitmap_bytes(&self) -> u64 {
-        (u64::from(self.block_size) / 512).div_ceil(8).div_ceil(512) * 512
+        bitmap_bytes(self.block_size)
     }
 
     /// Number of BAT entries that address a virtual disk of `virtual_size` bytes, after

@@ -19,12 +19,13 @@ pub const FOOTER_BYTES: usize = 512;
 pub const OLD_FOOTER_BYTES: usize = 511;
 
 const WHAT: &str = "VHD footer";
-const COOKIE: &[u8; 8] = b"conectix";
+/// The footer cookie.
+pub const COOKIE: &[u8; 8] = b"conectix";
 /// Offset of the checksum field.
 pub const CHECKSUM_FIELD: usize = 0x40;
 /// CHS geometry QEMU writes (65535/16/255) when the size does not fit a real geometry:
 /// then only `current_size` can be right.
-const MAX_GEOMETRY_SECTORS: u64 = 65535 * 16 * 255;
+pub const MAX_GEOMETRY_SECTORS: u64 = 65535 * 16 * 255;
 
 /// The footer as the spec lays it out (field names from the spec).
 struct RawFooter<'a> {

@@ -13,12 +13,14 @@
 //! [`bat`], [`bitmap`]. Each parser is a pure function of the bytes it is given plus
 //! the absolute offset they came from (for errors), and, where a field points elsewhere
 //! in the file, the file size (so a pointer is checked before anyone follows it).
+//! [`write`] builds the same structures for export.
 
 pub mod bat;
 pub mod bitmap;
 pub mod dynamic_header;
 pub mod footer;
 pub mod parent_locator;
+pub mod write;
 
 pub use bat::{parse_bat, VhdBat};
 pub use bitmap::bitmap_run;

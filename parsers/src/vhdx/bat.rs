@@ -33,6 +33,18 @@ pub enum PayloadState {
 }
 
 impl PayloadState {
+    /// The 3-bit state as stored in a BAT entry.
+    pub fn bits(self) -> u64 {
+        match self {
+            PayloadState::NotPresent => 0,
+            PayloadState::Undefined => 1,
+            PayloadState::Zero => 2,
+            PayloadState::Unmapped => 3,
+            PayloadState::FullyPresent => 6,
+            PayloadState::PartiallyPresent => 7,
+        }
+    }
+
     fn from_bits(v: u64) -> Option<Self> {
         Some(match v {
             0 => PayloadState::NotPresent,

@@ -4,7 +4,8 @@
 //! One file per on-disk structure: [`file_id`] (2.1), [`header`] (2.2.2),
 //! [`region`] (2.2.3), [`log_entry`] / [`log_data`] (2.3.1), [`log_replay`] (2.3.3,
 //! finding the active sequence and turning it into an in-memory overlay),
-//! [`metadata`] (2.6.1–2.6.2), [`parent_locator`] (2.6.2.6) and [`bat`] (2.5).
+//! [`metadata`] (2.6.1–2.6.2), [`parent_locator`] (2.6.2.6) and [`bat`] (2.5);
+//! [`write`] builds them for export.
 //!
 //! Supported: dynamic, fixed and differencing disks, 512 and 4096 byte logical
 //! sectors, every block size the spec allows, dirty logs (replayed in memory only).
@@ -20,6 +21,7 @@ pub mod log_replay;
 pub mod metadata;
 pub mod parent_locator;
 pub mod region;
+pub mod write;
 
 use nom::bytes::complete::take;
 use nom::number::complete::le_u32;
@@ -50,6 +52,15 @@ impl Guid {
             a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d4[0], d4[1], d4[2], d4[3], d4[4],
             d4[5], d4[6], d4[7],
         ])
+    }
+
+    /// A version 4 (random) GUID from 16 random bytes: the version and variant bits
+    /// are set as RFC 4122 asks, in the mixed-endian layout MS-VHDX stores.
+    pub fn from_random(mut b: [u8; 16]) -> Guid {
+        // data3 is little-endian: its high nibble (the version) is in byte 7.
+        b[7] = (b[7] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        Guid(b)
     }
 
     /// True for the all-zero GUID.
@@ -176,6 +187,14 @@ mod tests {
             None
         );
         assert_eq!(Guid::parse_text("not a guid"), None);
+    }
+
+    #[test]
+    fn random_guid_is_version_4() {
+        let g = Guid::from_random([0xff; 16]);
+        assert_eq!(g.to_string(), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        let g = Guid::from_random([0; 16]);
+        assert_eq!(g.to_string(), "00000000-0000-4000-8000-000000000000");
     }
 
     #[test]

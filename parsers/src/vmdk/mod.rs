@@ -18,6 +18,7 @@ pub mod grain_table;
 pub mod marker;
 pub mod sesparse_header;
 pub mod sparse_header;
+pub mod write;
 
 /// Bytes per sector in every VMDK structure.
 pub const SECTOR: u64 = 512;

@@ -1,0 +1,98 @@
+//! The output file of a container export: written under `<out>.vmback-partial`,
+//! synced and renamed over `<out>` only when complete, and removed on any error
+//! (also on a panic, through `Drop`), so a failed export never leaves a
+//! plausible-looking disk behind. The same contract as the raw export.
+//!
+//! Container formats rely on a fresh file reading as zeros where nothing was written
+//! (the holes inside allocated blocks), so they refuse block devices and anything else
+//! that is not a regular file.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::partial_name;
+use crate::error::{Error, Result};
+
+/// A container being written.
+pub(super) struct Output {
+    file: File,
+    out: PathBuf,
+    tmp: PathBuf,
+    written: u64,
+    done: bool,
+}
+
+impl Output {
+    /// Creates `<out>.vmback-partial` after checking that `out` may be (re)placed.
+    pub fn create(out: &Path, force: bool, format: &str) -> Result<Output> {
+        if let Ok(m) = std::fs::metadata(out) {
+            if !m.is_file() {
+                return Err(Error::Usage(format!(
+                    "{}: not a regular file; a {format} export writes a new file (only raw can be written to a device)",
+                    out.display()
+                )));
+            }
+            if !force {
+                return Err(Error::Usage(format!(
+                    "{} already exists; pass --force to replace it",
+                    out.display()
+                )));
+            }
+        }
+        let tmp = partial_name(out);
+        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
+        Ok(Output {
+            file,
+            out: out.to_path_buf(),
+            tmp,
+            written: 0,
+            done: false,
+        })
+    }
+
+    /// The final name (what the user asked for), for messages and descriptors.
+    pub fn final_path(&self) -> &Path {
+        &self.out
+    }
+
+    /// Writes `buf` at `offset`.
+    pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        self.file.write_all_at(buf, offset).map_err(|e| {
+            Error::io(
+                &self.tmp,
+                format!("write {} bytes at offset {offset:#x}", buf.len()),
+                e,
+            )
+        })?;
+        self.written += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Extends (or truncates) the file to `len` bytes; new bytes read as zeros and
+    /// take no space.
+    pub fn set_len(&mut self, len: u64) -> Result<()> {
+        self.file
+            .set_len(len)
+            .map_err(|e| Error::io(&self.tmp, format!("set length to {len}"), e))
+    }
+
+    /// Syncs and renames the file to its final name. Returns the bytes written.
+    pub fn finish(mut self) -> Result<u64> {
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io(&self.tmp, "sync", e))?;
+        std::fs::rename(&self.tmp, &self.out)
+            .map_err(|e| Error::io(&self.out, format!("rename from {}", self.tmp.display()), e))?;
+        self.done = true;
+        Ok(self.written)
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
