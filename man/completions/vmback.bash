@@ -40,8 +40,14 @@ _vmback() {
             vmback,ls)
                 cmd="vmback__subcmd__ls"
                 ;;
+            vmback,mount)
+                cmd="vmback__subcmd__mount"
+                ;;
             vmback,snapshots)
                 cmd="vmback__subcmd__snapshots"
+                ;;
+            vmback,umount)
+                cmd="vmback__subcmd__umount"
                 ;;
             vmback,verify)
                 cmd="vmback__subcmd__verify"
@@ -70,8 +76,14 @@ _vmback() {
             vmback__subcmd__help,ls)
                 cmd="vmback__subcmd__help__subcmd__ls"
                 ;;
+            vmback__subcmd__help,mount)
+                cmd="vmback__subcmd__help__subcmd__mount"
+                ;;
             vmback__subcmd__help,snapshots)
                 cmd="vmback__subcmd__help__subcmd__snapshots"
+                ;;
+            vmback__subcmd__help,umount)
+                cmd="vmback__subcmd__help__subcmd__umount"
                 ;;
             vmback__subcmd__help,verify)
                 cmd="vmback__subcmd__help__subcmd__verify"
@@ -83,7 +95,7 @@ _vmback() {
 
     case "${cmd}" in
         vmback)
-            opts="-h -V --threads --help --version inspect ls cat get export init backup snapshots verify help"
+            opts="-h -V --threads --help --version inspect ls cat get export init backup snapshots verify mount umount help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -241,7 +253,7 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__help)
-            opts="inspect ls cat get export init backup snapshots verify help"
+            opts="inspect ls cat get export init backup snapshots verify mount umount help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -366,7 +378,35 @@ _vmback() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmback__subcmd__help__subcmd__mount)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmback__subcmd__help__subcmd__snapshots)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmback__subcmd__help__subcmd__umount)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -456,6 +496,36 @@ _vmback() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmback__subcmd__mount)
+            opts="-h --vm --snapshot --cache-size --allow-other --threads --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --vm)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --snapshot)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cache-size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmback__subcmd__snapshots)
             opts="-h --vm --json --threads --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -467,6 +537,24 @@ _vmback() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmback__subcmd__umount)
+            opts="-h --lazy --threads --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --threads)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

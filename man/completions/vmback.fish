@@ -36,6 +36,8 @@ complete -c vmback -n "__fish_vmback_needs_command" -f -a "init" -d 'Create a re
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "backup" -d 'Back up all disks of one VM into a new restore point'
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "snapshots" -d 'List the restore points of a repository'
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "verify" -d 'Check a repository: every referenced chunk exists; with --read-data, every chunk decompresses and hashes to its name'
+complete -c vmback -n "__fish_vmback_needs_command" -f -a "mount" -d 'Mount restore points of a repository, or an image file, read-only (FUSE)'
+complete -c vmback -n "__fish_vmback_needs_command" -f -a "umount" -d 'Unmount a `vmback mount`'
 complete -c vmback -n "__fish_vmback_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vmback -n "__fish_vmback_using_subcommand inspect" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
 complete -c vmback -n "__fish_vmback_using_subcommand inspect" -l json -d 'Print JSON instead of text'
@@ -85,13 +87,24 @@ complete -c vmback -n "__fish_vmback_using_subcommand verify" -l threads -d 'Wor
 complete -c vmback -n "__fish_vmback_using_subcommand verify" -l read-data -d 'Also read, decompress and re-hash every chunk'
 complete -c vmback -n "__fish_vmback_using_subcommand verify" -l json -d 'Print JSON'
 complete -c vmback -n "__fish_vmback_using_subcommand verify" -s h -l help -d 'Print help'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify help" -f -a "inspect" -d 'Show what a disk image is: format, virtual size, every layer of its chain'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify help" -f -a "ls" -d 'List volumes, or a directory inside a guest filesystem of an image'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify help" -f -a "cat" -d 'Write a file from a guest filesystem of an image to standard output'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify help" -f -a "get" -d 'Copy files or directory trees out of a guest filesystem of an image'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify help" -f -a "export" -d 'Write the whole virtual disk of an image or of a restore point to a file'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify help" -f -a "init" -d 'Create a repository'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify help" -f -a "backup" -d 'Back up all disks of one VM into a new restore point'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify help" -f -a "snapshots" -d 'List the restore points of a repository'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify help" -f -a "verify" -d 'Check a repository: every referenced chunk exists; with --read-data, every chunk decompresses and hashes to its name'
-complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmback -n "__fish_vmback_using_subcommand mount" -l vm -d 'Only this VM\'s restore points' -r
+complete -c vmback -n "__fish_vmback_using_subcommand mount" -l snapshot -d 'Only this restore point (its name, an id prefix, or `latest`)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand mount" -l cache-size -d 'Memory for decompressed chunks, shared by all disks of the mount' -r
+complete -c vmback -n "__fish_vmback_using_subcommand mount" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand mount" -l allow-other -d 'Let other users see the mount (the guest\'s owners and modes then apply)'
+complete -c vmback -n "__fish_vmback_using_subcommand mount" -s h -l help -d 'Print help'
+complete -c vmback -n "__fish_vmback_using_subcommand umount" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand umount" -l lazy -d 'Detach now even if files are still open there (lazy unmount)'
+complete -c vmback -n "__fish_vmback_using_subcommand umount" -s h -l help -d 'Print help'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify mount umount help" -f -a "inspect" -d 'Show what a disk image is: format, virtual size, every layer of its chain'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify mount umount help" -f -a "ls" -d 'List volumes, or a directory inside a guest filesystem of an image'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify mount umount help" -f -a "cat" -d 'Write a file from a guest filesystem of an image to standard output'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify mount umount help" -f -a "get" -d 'Copy files or directory trees out of a guest filesystem of an image'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify mount umount help" -f -a "export" -d 'Write the whole virtual disk of an image or of a restore point to a file'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify mount umount help" -f -a "init" -d 'Create a repository'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify mount umount help" -f -a "backup" -d 'Back up all disks of one VM into a new restore point'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify mount umount help" -f -a "snapshots" -d 'List the restore points of a repository'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify mount umount help" -f -a "verify" -d 'Check a repository: every referenced chunk exists; with --read-data, every chunk decompresses and hashes to its name'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify mount umount help" -f -a "mount" -d 'Mount restore points of a repository, or an image file, read-only (FUSE)'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify mount umount help" -f -a "umount" -d 'Unmount a `vmback mount`'
+complete -c vmback -n "__fish_vmback_using_subcommand help; and not __fish_seen_subcommand_from inspect ls cat get export init backup snapshots verify mount umount help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
