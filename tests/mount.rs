@@ -784,3 +784,41 @@ fn signals_and_umount_unmount_cleanly() {
     assert!(err.contains("no restore point of VM nope"), "{err}");
     assert!(!is_mounted(&mnt_dir));
 }
+
+/// A damaged chunk reaches the reader as EIO, and stderr names the file, the offset
+/// and the cause; the rest of the mount keeps working.
+#[test]
+fn damaged_chunk_is_eio_with_a_message() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("a.raw");
+    make_seeded_raw(&disk, 4 << 20, 5);
+    let repo = init_repo(dir.path());
+    let rp = backup(&repo, "vm1", &[&disk]);
+    // Flip one byte in the middle of every stored chunk.
+    let mut damaged = 0;
+    for sub in std::fs::read_dir(repo.join("chunks")).unwrap() {
+        for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            let mut b = std::fs::read(&p).unwrap();
+            let mid = b.len() / 2;
+            b[mid] ^= 0xff;
+            std::fs::write(&p, b).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0);
+    let mnt = Mounted::start(&repo, &dir.path().join("mnt"), &[]);
+    let img = mnt.path(&format!("vm1/{rp}/disk0.img"));
+    let e = std::fs::read(&img).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(5), "EIO expected: {e}");
+    // The tree is still there.
+    assert!(mnt.path("vm1/latest").symlink_metadata().is_ok());
+    let err = mnt.stop();
+    assert!(
+        err.contains(&format!("vm1/{rp}/disk0.img at offset 0x0")) && err.contains("chunk 0"),
+        "stderr should name the file, the offset and the chunk:\n{err}"
+    );
+}

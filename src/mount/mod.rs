@@ -175,12 +175,13 @@ fn on_signals(mut signals: Signals, at: &Path) {
             _ => "SIGHUP",
         };
         match unmount_path(at, lazy) {
-            Ok(()) => {
-                eprintln!("vmback: {name}: unmounting {}", at.display());
-            }
+            Ok(()) if lazy => eprintln!(
+                "vmback: {name}: detached {}; files still open there keep working until closed",
+                at.display()
+            ),
+            Ok(()) => eprintln!("vmback: {name}: unmounting {}", at.display()),
             Err(e) => eprintln!(
-                "vmback: {name}: cannot unmount {}: {} (close what is open there, or signal again to detach it)",
-                at.display(),
+                "vmback: {name}: cannot unmount: {} (close what is open there, or signal again to detach it)",
                 crate::error::chain(&e)
             ),
         }
