@@ -83,13 +83,18 @@ impl Sequential {
     pub fn on_read(&self, offset: u64, len: u64, size: u64, unit: u64) -> Option<Range<u64>> {
         let unit = unit.max(4096);
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if offset == s.next && offset != 0 {
+        // The kernel sends a sequential reader's requests in parallel, and our
+        // threads may take them slightly out of order: a read within a unit of the
+        // expected offset still counts as sequential.
+        let end = offset.saturating_add(len);
+        if s.next != 0 && offset.abs_diff(s.next) <= unit {
             s.run = s.run.saturating_add(1);
+            s.next = s.next.max(end);
         } else {
             s.run = 0;
             s.ahead = 0;
+            s.next = end;
         }
-        s.next = offset.saturating_add(len);
         if s.run < 1 {
             return None;
         }
@@ -98,9 +103,9 @@ impl Sequential {
             .saturating_add(unit.saturating_mul(WINDOW_UNITS))
             .min(size);
         let start = s.ahead.max(s.next);
-        // Hand out whole units only, so a reader of 128 KiB blocks does not queue a
-        // job per block.
-        if target <= start || target - start < unit.min(size - start.min(size)) {
+        // Hand out whole units only (or what is left of the file), so a reader of
+        // 128 KiB blocks does not queue a job per block.
+        if target <= start || target - start < unit.min(size.saturating_sub(start)) {
             return None;
         }
         s.ahead = target;
@@ -135,6 +140,10 @@ mod tests {
         for r in &more {
             assert!(r.end - r.start >= unit);
         }
+        // Slightly out of order (parallel requests) is still sequential: no restart.
+        let r = s.on_read(off + blk, blk, size, unit);
+        let r2 = s.on_read(off, blk, size, unit);
+        assert!(r.is_none() || r2.is_none(), "one job per unit at most");
         // A seek restarts detection.
         assert_eq!(s.on_read(50 << 20, blk, size, unit), None);
         // Near the end of the file the window stops at the size.
