@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -116,6 +117,24 @@ impl DiskSlot {
             raw: Mutex::new(None),
             view: Mutex::new(None),
         }
+    }
+
+    /// Opens image file `path` (its parent chain resolved) as the one disk of an
+    /// image mount; warnings about the image go to stderr.
+    pub fn open_image(path: &Path) -> Result<Self> {
+        let disk = image::open(path)?;
+        for w in disk.warnings() {
+            eprintln!("vmback: warning: {w}");
+        }
+        let mtime = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        Ok(DiskSlot::new(
+            path.display().to_string(),
+            disk.size(),
+            mtime,
+            DiskSource::Image(Arc::new(disk)),
+        ))
     }
 
     /// The disk's bytes (loads the index of a restore point's disk on first use).

@@ -34,7 +34,7 @@ use signal_hook::iterator::Signals;
 use crate::error::{Error, Result};
 use crate::repo::reader::ChunkCache;
 use crate::repo::{self};
-use disks::{DiskSlot, DiskSource};
+use disks::DiskSlot;
 use fs::{FsOptions, MountFs, Top};
 use repo_view::RepoView;
 
@@ -81,21 +81,7 @@ pub fn mount(source: &Path, mountpoint: &Path, opts: &MountOptions) -> Result<()
                 source.display()
             )));
         }
-        let disk = crate::image::open(source)?;
-        for w in disk.warnings() {
-            eprintln!("vmback: warning: {w}");
-        }
-        use crate::io::ReadAt;
-        let mtime = std::fs::metadata(source)
-            .and_then(|m| m.modified())
-            .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
-        let slot = DiskSlot::new(
-            source.display().to_string(),
-            disk.size(),
-            mtime,
-            DiskSource::Image(Arc::new(disk)),
-        );
-        (Top::Image, Some(slot))
+        (Top::Image, Some(DiskSlot::open_image(source)?))
     };
     let cores = thread::available_parallelism().map_or(2, |n| n.get());
     let threads = opts.threads.unwrap_or((2 * cores).max(4)).max(1);
