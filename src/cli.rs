@@ -261,6 +261,37 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Mount restore points of a repository, or an image file, read-only (FUSE).
+    #[command(after_help = MOUNT_HELP)]
+    Mount {
+        /// A repository, or an image file (raw, VMDK, VHD, VHDX, qcow2).
+        source: PathBuf,
+        /// An existing directory to mount on.
+        mountpoint: PathBuf,
+        /// Only this VM's restore points.
+        #[arg(long, value_name = "NAME")]
+        vm: Option<String>,
+        /// Only this restore point (its name, an id prefix, or `latest`).
+        #[arg(long, value_name = "ID")]
+        snapshot: Option<String>,
+        /// Memory for decompressed chunks, shared by all disks of the mount.
+        #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
+        cache_size: u64,
+        /// Let other users see the mount (the guest's owners and modes then apply).
+        #[arg(long)]
+        allow_other: bool,
+    },
+    /// Unmount a `vmback mount`.
+    #[command(
+        after_help = "Refuses mount points that are not vmback mounts. As root this is umount(2);\notherwise it runs fusermount3 -u. The `vmback mount` process then exits.\n\nExamples:\n  vmback umount /mnt/backups\n  vmback umount --lazy /mnt/backups   # detach now, even if files are open"
+    )]
+    Umount {
+        /// Where it is mounted.
+        mountpoint: PathBuf,
+        /// Detach now even if files are still open there (lazy unmount).
+        #[arg(long)]
+        lazy: bool,
+    },
 }
 
 const EXPORT_HELP: &str = "\
@@ -299,6 +330,29 @@ Examples:
   vmback backup /srv/vmback --vm db1 --changed-extents disk1=changes.json os.vmdk data.vmdk
   vmback backup /srv/vmback --vm app --pre-hook 'virsh domfsfreeze app' \\
       --post-hook 'virsh domfsthaw app' --limit-read 200MiB/s app.qcow2";
+
+const MOUNT_HELP: &str = "\
+A repository shows the path grammar of every vmback command:
+  <vm>/<restore point>/disk0.img        the raw virtual disk (qemu-img, hypervisors)
+  <vm>/<restore point>/disk0/<volume>/  the guest's files (volumes p1, p2, ... or whole)
+  <vm>/latest                           symlink to the newest restore point
+Restore points are also reachable, unlisted, by id prefix (<vm>/<id>/, <id>/).
+Backups that finish while mounted appear when the directory is listed again.
+
+An image file shows disk.img (its raw virtual disk) and <volume>/ at the top, the
+paths `vmback ls IMAGE` takes: a guestmount without an appliance.
+
+Nothing is parsed until a path is visited; everything is read-only and cached by
+the kernel. Guest names holding '/' or NUL cannot be shown and are left out (with a
+message). Errors reach programs as EIO, with the path and cause on stderr. Runs in
+the foreground (--threads sets the FUSE threads); Ctrl-C, SIGTERM, `vmback umount`
+or `fusermount3 -u` unmounts.
+
+Examples:
+  vmback mount /srv/vmback /mnt/backups
+  vmback mount /srv/vmback /mnt/web01 --vm web01 --snapshot latest
+  qemu-img create -f qcow2 -F raw -b /mnt/backups/web01/latest/disk0.img run.qcow2
+  vmback mount disk.vmdk /mnt/disk && ls /mnt/disk/p2/Users";
 
 /// Parses sizes and rates with units (`1MiB`, `200MiB/s`).
 fn parse_size(s: &str) -> Result<u64, String> {

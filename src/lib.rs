@@ -18,6 +18,7 @@ pub mod inspect;
 pub mod io;
 pub mod location;
 pub mod ls;
+pub mod mount;
 pub mod nbd;
 pub mod progress;
 pub mod repo;

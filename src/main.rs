@@ -304,6 +304,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 json,
             );
         }
+        Command::Mount {
+            source,
+            mountpoint,
+            vm,
+            snapshot,
+            cache_size,
+            allow_other,
+        } => {
+            let opts = vmback::mount::MountOptions {
+                vm,
+                snapshot,
+                cache_bytes: cache_size,
+                allow_other,
+                threads: cli.threads,
+            };
+            vmback::mount::mount(&source, &mountpoint, &opts)?;
+        }
+        Command::Umount { mountpoint, lazy } => vmback::mount::umount(&mountpoint, lazy)?,
         Command::Cat { image, path } => {
             let (view, inner) = vmback::location::open_view(&image, &path)?;
             vmback::ls::cat(&view, &inner, &mut stdout().lock())?;

@@ -46,11 +46,17 @@ _vmback() {
             vmback,ls)
                 cmd="vmback__subcmd__ls"
                 ;;
+            vmback,mount)
+                cmd="vmback__subcmd__mount"
+                ;;
             vmback,restore)
                 cmd="vmback__subcmd__restore"
                 ;;
             vmback,snapshots)
                 cmd="vmback__subcmd__snapshots"
+                ;;
+            vmback,umount)
+                cmd="vmback__subcmd__umount"
                 ;;
             vmback,unlock)
                 cmd="vmback__subcmd__unlock"
@@ -88,11 +94,17 @@ _vmback() {
             vmback__subcmd__help,ls)
                 cmd="vmback__subcmd__help__subcmd__ls"
                 ;;
+            vmback__subcmd__help,mount)
+                cmd="vmback__subcmd__help__subcmd__mount"
+                ;;
             vmback__subcmd__help,restore)
                 cmd="vmback__subcmd__help__subcmd__restore"
                 ;;
             vmback__subcmd__help,snapshots)
                 cmd="vmback__subcmd__help__subcmd__snapshots"
+                ;;
+            vmback__subcmd__help,umount)
+                cmd="vmback__subcmd__help__subcmd__umount"
                 ;;
             vmback__subcmd__help,unlock)
                 cmd="vmback__subcmd__help__subcmd__unlock"
@@ -107,7 +119,7 @@ _vmback() {
 
     case "${cmd}" in
         vmback)
-            opts="-h -V --threads --help --version inspect ls cat get restore export init backup snapshots forget gc unlock verify help"
+            opts="-h -V --threads --help --version inspect ls cat get restore export init backup snapshots forget gc unlock verify mount umount help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -337,7 +349,7 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__help)
-            opts="inspect ls cat get restore export init backup snapshots forget gc unlock verify help"
+            opts="inspect ls cat get restore export init backup snapshots forget gc unlock verify mount umount help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -490,6 +502,20 @@ _vmback() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmback__subcmd__help__subcmd__mount)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmback__subcmd__help__subcmd__restore)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -505,6 +531,20 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__help__subcmd__snapshots)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmback__subcmd__help__subcmd__umount)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -608,6 +648,36 @@ _vmback() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmback__subcmd__mount)
+            opts="-h --vm --snapshot --cache-size --allow-other --threads --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --vm)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --snapshot)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cache-size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmback__subcmd__restore)
             opts="-t -h --target --vm --overwrite --owner --json --threads --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -649,6 +719,24 @@ _vmback() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmback__subcmd__umount)
+            opts="-h --lazy --threads --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --threads)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
