@@ -69,8 +69,18 @@ pub fn mount(source: &Path, mountpoint: &Path, opts: &MountOptions) -> Result<()
             mountpoint.display()
         )));
     }
+    // Held while mounted: gc keeps the data of the restore points shown at mount time
+    // even if they are forgotten meanwhile.
+    let mut _lock = None;
     let (top, image) = if repo::is_repository(source) {
         let repo = repo::open_shared(source)?;
+        let indexes = repo
+            .snapshots()?
+            .iter()
+            .filter(|s| opts.vm.as_deref().is_none_or(|v| s.manifest.vm.name == v))
+            .flat_map(|s| s.manifest.disks.iter().map(|d| d.index.clone()))
+            .collect();
+        _lock = Some(repo::lock::shared(&repo, "mount", indexes)?);
         let view = RepoView::open(repo.clone(), opts.vm.clone(), opts.snapshot.as_deref())?;
         let cache = Arc::new(ChunkCache::new(opts.cache_bytes, repo.config().chunk_size));
         (Top::Repo { view, cache }, None)
