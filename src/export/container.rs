@@ -105,16 +105,16 @@ pub(super) fn export(
             target.name()
         )));
     }
-    let mut output = Output::create(out, force, target.name())?;
+    let output = Output::create(out, force, target.name())?;
     let w = match target {
         Target::Raw => unreachable_raw()?,
-        Target::Qcow2 => qcow2::write(disk, &mut output)?,
-        Target::VmdkSparse => vmdk::write(disk, &mut output)?,
-        Target::VmdkStream => vmdk_stream::write(disk, &mut output)?,
-        Target::VhdDynamic => vhd::write(disk, &mut output, false, false)?,
-        Target::VhdFixed { align } => vhd::write(disk, &mut output, true, align)?,
-        Target::VhdxDynamic => vhdx::write(disk, &mut output, false)?,
-        Target::VhdxFixed => vhdx::write(disk, &mut output, true)?,
+        Target::Qcow2 => qcow2::write(disk, &output)?,
+        Target::VmdkSparse => vmdk::write(disk, &output)?,
+        Target::VmdkStream => vmdk_stream::write(disk, &output)?,
+        Target::VhdDynamic => vhd::write(disk, &output, false, false)?,
+        Target::VhdFixed { align } => vhd::write(disk, &output, true, align)?,
+        Target::VhdxDynamic => vhdx::write(disk, &output, false)?,
+        Target::VhdxFixed => vhdx::write(disk, &output, true)?,
     };
     let written_bytes = output.finish()?;
     Ok(ExportStats {

@@ -10,16 +10,18 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::partial_name;
 use crate::error::{Error, Result};
 
-/// A container being written.
+/// A container being written. Writes are positional and `&self`, so the pipeline's
+/// workers write data in parallel.
 pub(super) struct Output {
     file: File,
     out: PathBuf,
     tmp: PathBuf,
-    written: u64,
+    written: AtomicU64,
     done: bool,
 }
 
@@ -46,7 +48,7 @@ impl Output {
             file,
             out: out.to_path_buf(),
             tmp,
-            written: 0,
+            written: AtomicU64::new(0),
             done: false,
         })
     }
@@ -57,7 +59,7 @@ impl Output {
     }
 
     /// Writes `buf` at `offset`.
-    pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         self.file.write_all_at(buf, offset).map_err(|e| {
             Error::io(
                 &self.tmp,
@@ -65,13 +67,13 @@ impl Output {
                 e,
             )
         })?;
-        self.written += buf.len() as u64;
+        self.written.fetch_add(buf.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
     /// Extends (or truncates) the file to `len` bytes; new bytes read as zeros and
     /// take no space.
-    pub fn set_len(&mut self, len: u64) -> Result<()> {
+    pub fn set_len(&self, len: u64) -> Result<()> {
         self.file
             .set_len(len)
             .map_err(|e| Error::io(&self.tmp, format!("set length to {len}"), e))
@@ -85,7 +87,7 @@ impl Output {
         std::fs::rename(&self.tmp, &self.out)
             .map_err(|e| Error::io(&self.out, format!("rename from {}", self.tmp.display()), e))?;
         self.done = true;
-        Ok(self.written)
+        Ok(self.written.load(Ordering::Relaxed))
     }
 }
 

@@ -37,7 +37,7 @@ struct OpenL2 {
 }
 
 /// Writes `disk` as a qcow2 image.
-pub(super) fn write(disk: &(dyn DiskImage + '_), out: &mut Output) -> Result<Written> {
+pub(super) fn write(disk: &(dyn DiskImage + '_), out: &Output) -> Result<Written> {
     let size = sector_size(disk.size());
     if size > MAX_VIRTUAL_SIZE {
         return Err(too_large(out, "qcow2", size, MAX_VIRTUAL_SIZE, ""));
@@ -49,42 +49,48 @@ pub(super) fn write(disk: &(dyn DiskImage + '_), out: &mut Output) -> Result<Wri
     // Next free cluster: cluster 0 is the header.
     let mut next = CLUSTER;
 
-    let walked = walk(disk, CLUSTER, &|_| Ok(()), &mut |piece: &Piece, ()| {
-        for r in &piece.runs {
-            let mut at = r.start;
-            while at < r.end {
-                let index = at / L2_SPAN;
-                let end = r.end.min((index + 1) * L2_SPAN);
-                if l2.as_ref().is_none_or(|t| t.index != index) {
-                    if let Some(done) = l2.take() {
-                        flush(out, &done)?;
+    let walked = walk(
+        disk,
+        CLUSTER,
+        out,
+        &|_| Ok(()),
+        &mut |piece: &Piece, (), w| {
+            for r in &piece.runs {
+                let mut at = r.start;
+                while at < r.end {
+                    let index = at / L2_SPAN;
+                    let end = r.end.min((index + 1) * L2_SPAN);
+                    if l2.as_ref().is_none_or(|t| t.index != index) {
+                        if let Some(done) = l2.take() {
+                            flush(out, &done)?;
+                        }
+                        // OK: index < l1_size (runs lie inside the disk).
+                        l1[index as usize] = table_entry(next);
+                        l2 = Some(OpenL2 {
+                            index,
+                            offset: next,
+                            entries: vec![0; L2_ENTRIES as usize],
+                        });
+                        next += CLUSTER;
                     }
-                    // OK: index < l1_size (runs lie inside the disk).
-                    l1[index as usize] = table_entry(next);
-                    l2 = Some(OpenL2 {
-                        index,
-                        offset: next,
-                        entries: vec![0; L2_ENTRIES as usize],
-                    });
-                    next += CLUSTER;
-                }
-                // The open table is the one for `index` now.
-                if let Some(t) = l2.as_mut() {
-                    let first = at / CLUSTER;
-                    for c in first..end.div_ceil(CLUSTER) {
-                        t.entries[(c % L2_ENTRIES) as usize] =
-                            table_entry(next + (c - first) * CLUSTER);
+                    // The open table is the one for `index` now.
+                    if let Some(t) = l2.as_mut() {
+                        let first = at / CLUSTER;
+                        for c in first..end.div_ceil(CLUSTER) {
+                            t.entries[(c % L2_ENTRIES) as usize] =
+                                table_entry(next + (c - first) * CLUSTER);
+                        }
                     }
+                    // Runs are whole clusters (but the last one of the disk): one write
+                    // for all of them, at consecutive clusters.
+                    w.push((at..end, next));
+                    next += (end - at).div_ceil(CLUSTER) * CLUSTER;
+                    at = end;
                 }
-                // Runs are whole clusters (but the last one of the disk): one write
-                // for all of them, at consecutive clusters.
-                out.write_at(piece.bytes(&(at..end)), next)?;
-                next += (end - at).div_ceil(CLUSTER) * CLUSTER;
-                at = end;
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     if let Some(done) = l2.take() {
         flush(out, &done)?;
     }
@@ -123,6 +129,6 @@ pub(super) fn write(disk: &(dyn DiskImage + '_), out: &mut Output) -> Result<Wri
     })
 }
 
-fn flush(out: &mut Output, t: &OpenL2) -> Result<()> {
+fn flush(out: &Output, t: &OpenL2) -> Result<()> {
     out.write_at(&build_u64_table(&t.entries, CLUSTER as usize), t.offset)
 }

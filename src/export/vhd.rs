@@ -42,7 +42,7 @@ const ALIGN: u64 = 1 << 20;
 /// Writes `disk` as a dynamic or fixed VHD.
 pub(super) fn write(
     disk: &(dyn DiskImage + '_),
-    out: &mut Output,
+    out: &Output,
     fixed: bool,
     align: bool,
 ) -> Result<Written> {
@@ -98,26 +98,25 @@ fn creator_version() -> u32 {
     (u32::from(major) << 16) | u32::from(minor)
 }
 
-fn write_fixed(
-    disk: &(dyn DiskImage + '_),
-    out: &mut Output,
-    size: u64,
-    footer: &[u8],
-) -> Result<u64> {
+fn write_fixed(disk: &(dyn DiskImage + '_), out: &Output, size: u64, footer: &[u8]) -> Result<u64> {
     out.set_len(size + FOOTER_BYTES as u64)?;
-    let walked = walk(disk, GRANULE, &|_| Ok(()), &mut |piece: &Piece, ()| {
-        for r in &piece.runs {
-            out.write_at(piece.bytes(r), r.start)?;
-        }
-        Ok(())
-    })?;
+    let walked = walk(
+        disk,
+        GRANULE,
+        out,
+        &|_| Ok(()),
+        &mut |piece: &Piece, (), w| {
+            w.extend(piece.runs.iter().map(|r| (r.clone(), r.start)));
+            Ok(())
+        },
+    )?;
     out.write_at(footer, size)?;
     Ok(walked.data_bytes)
 }
 
 fn write_dynamic(
     disk: &(dyn DiskImage + '_),
-    out: &mut Output,
+    out: &Output,
     size: u64,
     footer: &[u8],
 ) -> Result<u64> {
@@ -130,29 +129,35 @@ fn write_dynamic(
     let mut bat = vec![UNALLOCATED; entries as usize];
     // Where the next block's bitmap goes.
     let mut next = table_offset + bat_bytes(entries);
-    let walked = walk(disk, GRANULE, &|_| Ok(()), &mut |piece: &Piece, ()| {
-        for r in &piece.runs {
-            let mut at = r.start;
-            while at < r.end {
-                let i = at / BLOCK;
-                let end = r.end.min((i + 1) * BLOCK);
-                // OK: i < entries (runs lie inside the disk).
-                let slot = &mut bat[i as usize];
-                if *slot == UNALLOCATED {
-                    *slot = u32::try_from(next / 512).map_err(|_| Error::Unsupported {
-                        path: out.final_path().to_path_buf(),
-                        feature: "a VHD block beyond sector 2^32".into(),
-                    })?;
-                    out.write_at(&bitmap, next)?;
-                    next += bitmap_len + BLOCK;
+    let walked = walk(
+        disk,
+        GRANULE,
+        out,
+        &|_| Ok(()),
+        &mut |piece: &Piece, (), w| {
+            for r in &piece.runs {
+                let mut at = r.start;
+                while at < r.end {
+                    let i = at / BLOCK;
+                    let end = r.end.min((i + 1) * BLOCK);
+                    // OK: i < entries (runs lie inside the disk).
+                    let slot = &mut bat[i as usize];
+                    if *slot == UNALLOCATED {
+                        *slot = u32::try_from(next / 512).map_err(|_| Error::Unsupported {
+                            path: out.final_path().to_path_buf(),
+                            feature: "a VHD block beyond sector 2^32".into(),
+                        })?;
+                        out.write_at(&bitmap, next)?;
+                        next += bitmap_len + BLOCK;
+                    }
+                    let data = u64::from(*slot) * 512 + bitmap_len + (at - i * BLOCK);
+                    w.push((at..end, data));
+                    at = end;
                 }
-                let data = u64::from(*slot) * 512 + bitmap_len + (at - i * BLOCK);
-                out.write_at(piece.bytes(&(at..end)), data)?;
-                at = end;
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     // The footer after the last block also makes the file cover that whole block.
     out.write_at(footer, next)?;
     out.write_at(footer, 0)?;

@@ -43,7 +43,7 @@ const METADATA_OFFSET: u64 = 2 * MIB;
 const BAT_OFFSET: u64 = 3 * MIB;
 
 /// Writes `disk` as a dynamic or fixed VHDX.
-pub(super) fn write(disk: &(dyn DiskImage + '_), out: &mut Output, fixed: bool) -> Result<Written> {
+pub(super) fn write(disk: &(dyn DiskImage + '_), out: &Output, fixed: bool) -> Result<Written> {
     let size = sector_size(disk.size());
     if size > MAX_VIRTUAL_SIZE {
         return Err(too_large(out, "VHDX", size, MAX_VIRTUAL_SIZE, ""));
@@ -72,25 +72,31 @@ pub(super) fn write(disk: &(dyn DiskImage + '_), out: &mut Output, fixed: bool) 
         next = payload + geometry.data_blocks * BLOCK;
         out.set_len(next)?;
     }
-    let walked = walk(disk, GRANULE, &|_| Ok(()), &mut |piece: &Piece, ()| {
-        for r in &piece.runs {
-            let mut at = r.start;
-            while at < r.end {
-                let b = at / BLOCK;
-                let end = r.end.min((b + 1) * BLOCK);
-                // OK: b < data_blocks (runs lie inside the disk).
-                let slot = &mut bat[geometry.payload_index(b) as usize];
-                if *slot & 7 != PayloadState::FullyPresent.bits() {
-                    *slot = bat_entry(PayloadState::FullyPresent, next);
-                    next += BLOCK;
+    let walked = walk(
+        disk,
+        GRANULE,
+        out,
+        &|_| Ok(()),
+        &mut |piece: &Piece, (), w| {
+            for r in &piece.runs {
+                let mut at = r.start;
+                while at < r.end {
+                    let b = at / BLOCK;
+                    let end = r.end.min((b + 1) * BLOCK);
+                    // OK: b < data_blocks (runs lie inside the disk).
+                    let slot = &mut bat[geometry.payload_index(b) as usize];
+                    if *slot & 7 != PayloadState::FullyPresent.bits() {
+                        *slot = bat_entry(PayloadState::FullyPresent, next);
+                        next += BLOCK;
+                    }
+                    let block_at = (*slot >> 20) << 20;
+                    w.push((at..end, block_at + (at - b * BLOCK)));
+                    at = end;
                 }
-                let block_at = (*slot >> 20) << 20;
-                out.write_at(piece.bytes(&(at..end)), block_at + (at - b * BLOCK))?;
-                at = end;
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     // The file must hold every present block whole (readers check it).
     out.set_len(next)?;
 

@@ -96,7 +96,7 @@ struct OpenGt {
 }
 
 /// Writes `disk` as a monolithicSparse VMDK.
-pub(super) fn write(disk: &(dyn DiskImage + '_), out: &mut Output) -> Result<Written> {
+pub(super) fn write(disk: &(dyn DiskImage + '_), out: &Output) -> Result<Written> {
     let capacity = capacity_sectors(disk, out)?;
     let gd_entries = capacity.div_ceil(GRAIN_SECTORS * GTES);
     let gd_sectors = (gd_entries * 4).div_ceil(SECTOR);
@@ -111,38 +111,45 @@ pub(super) fn write(disk: &(dyn DiskImage + '_), out: &mut Output) -> Result<Wri
     let mut gt: Option<OpenGt> = None;
     // Next free grain, in sectors.
     let mut next = overhead;
-    let flush = |out: &mut Output, t: &OpenGt| -> Result<()> {
+    let flush = |out: &Output, t: &OpenGt| -> Result<()> {
         let table = build_u32_table(&t.entries);
         out.write_at(&table, (gts + t.index * GT_SECTORS) * SECTOR)?;
         out.write_at(&table, (rgts + t.index * GT_SECTORS) * SECTOR)
     };
-    let walked = walk(disk, GRAIN, &|_| Ok(()), &mut |piece: &Piece, ()| {
-        for r in &piece.runs {
-            // A piece never crosses a grain table boundary (32 MiB is a multiple of
-            // the piece grid), so neither does a run.
-            let index = r.start / GT_SPAN;
-            if gt.as_ref().is_none_or(|t| t.index != index) {
-                if let Some(done) = gt.take() {
-                    flush(out, &done)?;
+    let walked = walk(
+        disk,
+        GRAIN,
+        out,
+        &|_| Ok(()),
+        &mut |piece: &Piece, (), w| {
+            for r in &piece.runs {
+                // A piece never crosses a grain table boundary (32 MiB is a multiple of
+                // the piece grid), so neither does a run.
+                let index = r.start / GT_SPAN;
+                if gt.as_ref().is_none_or(|t| t.index != index) {
+                    if let Some(done) = gt.take() {
+                        flush(out, &done)?;
+                    }
+                    gt = Some(OpenGt {
+                        index,
+                        entries: vec![0; GTES as usize],
+                    });
                 }
-                gt = Some(OpenGt {
-                    index,
-                    entries: vec![0; GTES as usize],
-                });
-            }
-            let first = r.start / GRAIN;
-            let grains = (r.end - r.start).div_ceil(GRAIN);
-            entry(out, next + grains * GRAIN_SECTORS)?;
-            if let Some(t) = gt.as_mut() {
-                for g in 0..grains {
-                    t.entries[((first + g) % GTES) as usize] = (next + g * GRAIN_SECTORS) as u32;
+                let first = r.start / GRAIN;
+                let grains = (r.end - r.start).div_ceil(GRAIN);
+                entry(out, next + grains * GRAIN_SECTORS)?;
+                if let Some(t) = gt.as_mut() {
+                    for g in 0..grains {
+                        t.entries[((first + g) % GTES) as usize] =
+                            (next + g * GRAIN_SECTORS) as u32;
+                    }
                 }
+                w.push((r.clone(), next * SECTOR));
+                next += grains * GRAIN_SECTORS;
             }
-            out.write_at(piece.bytes(r), next * SECTOR)?;
-            next += grains * GRAIN_SECTORS;
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     if let Some(done) = gt.take() {
         flush(out, &done)?;
     }

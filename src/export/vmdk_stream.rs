@@ -98,7 +98,7 @@ struct OpenGt {
 }
 
 /// Writes `disk` as a streamOptimized VMDK.
-pub(super) fn write(disk: &(dyn DiskImage + '_), out: &mut Output) -> Result<Written> {
+pub(super) fn write(disk: &(dyn DiskImage + '_), out: &Output) -> Result<Written> {
     let capacity = capacity_sectors(disk, out)?;
     let gd_entries = capacity.div_ceil(GRAIN_SECTORS * GTES);
     let text = descriptor(out, "streamOptimized", capacity);
@@ -125,7 +125,7 @@ pub(super) fn write(disk: &(dyn DiskImage + '_), out: &mut Output) -> Result<Wri
     let mut gt: Option<OpenGt> = None;
     // Next free sector of the stream.
     let mut next = header.overhead_sectors;
-    let flush = |out: &mut Output, next: &mut u64, gd: &mut [u32], t: &OpenGt| -> Result<()> {
+    let flush = |out: &Output, next: &mut u64, gd: &mut [u32], t: &OpenGt| -> Result<()> {
         let table = build_u32_table(&t.entries);
         let sectors = table.len() as u64 / SECTOR;
         out.write_at(&build_metadata_marker(sectors, MARKER_GT), *next * SECTOR)?;
@@ -139,8 +139,9 @@ pub(super) fn write(disk: &(dyn DiskImage + '_), out: &mut Output) -> Result<Wri
     let walked = walk(
         disk,
         GRAIN,
+        out,
         &|p| frame(p, &path),
-        &mut |piece: &Piece, f: Framed| {
+        &mut |piece: &Piece, f: Framed, _| {
             let Some(&(first, _)) = f.grains.first() else {
                 return Ok(());
             };
