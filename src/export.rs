@@ -6,15 +6,17 @@
 //! either. Blocks are handed out in disk order to a few workers, each with its own
 //! buffer, so memory stays at `workers × BLOCK` whatever the disk size.
 //!
-//! The data streams once through memory, so it bypasses the page cache on both sides
-//! where the filesystems allow (O_DIRECT; see [`crate::io::FileSource`] for reads
-//! and [`Output`] for writes): filling the cache with a disk that is read once and
-//! written once evicts the host's working set, and copying every byte in and out of
-//! it costs more CPU than the rest of the export. Direct I/O waits for the device, so
-//! there are twice as many workers as threads, to keep requests in flight.
+//! The source is read once, so the work buffers are page-aligned and the reads bypass
+//! the page cache where the filesystem allows ([`crate::io::FileSource`]): caching a
+//! disk that is read once only evicts the host's working set, and copying it through
+//! the cache costs more CPU than the rest of the export. Direct reads wait for the
+//! device, so there are twice as many workers as threads, to keep reads in flight
+//! while others write. Writes go through the page cache (the kernel writes back in
+//! large requests while the export goes on; waiting for each write, as O_DIRECT
+//! writes do, measured slower), and one fsync at the end makes the output durable.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -32,12 +34,8 @@ const BLOCK: u64 = 4 << 20;
 /// Alignment of the work buffers (a page: what direct I/O asks of memory at most).
 const BUF_ALIGN: usize = 4096;
 
-/// Alignment of offsets and lengths written around the page cache: at least the
-/// filesystem block, so ext4 never takes its slow path for partial-block direct writes.
-const MIN_DIRECT_WRITE_ALIGN: u64 = 4096;
-
-/// Workers per thread of the global pool (`--threads`): half of them wait on the
-/// device at any time with direct I/O.
+/// Workers per thread of the global pool (`--threads`): direct reads wait for the
+/// device, so half of them can wait while the others compute or write.
 const WORKERS_PER_THREAD: usize = 2;
 
 /// Output formats of `export`.
@@ -136,7 +134,6 @@ fn export_raw(
         }
     }
     let bar = bytes_bar(work.iter().map(|w| w.1).sum(), "export");
-    let output = Output::new(file, target);
     let written = AtomicU64::new(0);
     // Workers take blocks in disk order, so reads and writes stay nearly sequential.
     let next = AtomicUsize::new(0);
@@ -152,7 +149,7 @@ fn export_raw(
                 break;
             };
             let buf = &mut block[..len as usize]; // OK: len ≤ BLOCK
-            match copy_block(disk, &output, off, buf, is_data, device) {
+            match copy_block(disk, &file, target, off, buf, is_data, device) {
                 Ok(true) => {
                     written.fetch_add(len, Ordering::Relaxed);
                 }
@@ -194,10 +191,7 @@ fn export_raw(
         }
         return Err(e);
     }
-    output
-        .file
-        .sync_all()
-        .map_err(|e| Error::io(target, "sync", e))?;
+    file.sync_all().map_err(|e| Error::io(target, "sync", e))?;
     if let Some(tmp) = &tmp {
         std::fs::rename(tmp, out)
             .map_err(|e| Error::io(out, format!("rename from {}", tmp.display()), e))?;
@@ -216,7 +210,8 @@ fn export_raw(
 /// Returns whether it was written.
 fn copy_block(
     disk: &(dyn DiskImage + '_),
-    output: &Output<'_>,
+    file: &File,
+    path: &Path,
     off: u64,
     buf: &mut [u8],
     is_data: bool,
@@ -228,66 +223,16 @@ fn copy_block(
         buf.fill(0);
     }
     if device || !is_zero(buf) {
-        output.write_all_at(buf, off)?;
+        file.write_all_at(buf, off).map_err(|e| {
+            Error::io(
+                path,
+                format!("write {} bytes at offset {off:#x}", buf.len()),
+                e,
+            )
+        })?;
         return Ok(true);
     }
     Ok(false)
-}
-
-/// The output file, with an O_DIRECT twin for writes that meet its alignment.
-struct Output<'a> {
-    file: File,
-    path: &'a Path,
-    /// The direct descriptor and the alignment of offsets, lengths and buffers it
-    /// needs; `None` where the filesystem has no direct I/O (tmpfs, some FUSE).
-    direct: Option<(File, u64)>,
-}
-
-impl<'a> Output<'a> {
-    fn new(file: File, path: &'a Path) -> Self {
-        use rustix::fs::{statx, AtFlags, OFlags, StatxFlags};
-        let direct = statx(&file, "", AtFlags::EMPTY_PATH, StatxFlags::DIOALIGN)
-            .ok()
-            .filter(|st| {
-                StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::DIOALIGN)
-                    && st.stx_dio_offset_align != 0
-                    && st.stx_dio_mem_align != 0
-            })
-            .and_then(|st| {
-                let align = u64::from(st.stx_dio_offset_align.max(st.stx_dio_mem_align))
-                    .max(MIN_DIRECT_WRITE_ALIGN);
-                // Opened by path right after we created it (or the device we were given).
-                let f = OpenOptions::new()
-                    .write(true)
-                    .custom_flags(OFlags::DIRECT.bits() as i32)
-                    .open(path)
-                    .ok()?;
-                Some((f, align))
-            });
-        Output { file, path, direct }
-    }
-
-    fn write_all_at(&self, buf: &[u8], off: u64) -> Result<()> {
-        let len = buf.len() as u64;
-        let direct = self.direct.as_ref().filter(|(_, a)| {
-            off % a == 0 && len % a == 0 && (buf.as_ptr() as usize as u64) % a == 0
-        });
-        let res = match direct.map(|(f, _)| f.write_all_at(buf, off)) {
-            // EINVAL: the filesystem refused this direct write after all.
-            Some(Err(e)) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                self.file.write_all_at(buf, off)
-            }
-            Some(r) => r,
-            None => self.file.write_all_at(buf, off),
-        };
-        res.map_err(|e| {
-            Error::io(
-                self.path,
-                format!("write {len} bytes at offset {off:#x}"),
-                e,
-            )
-        })
-    }
 }
 
 fn partial_name(out: &Path) -> PathBuf {
