@@ -2,12 +2,18 @@
 //!
 //! One handle serves rayon workers and FUSE threads at once, so everything is
 //! `&self` + `Send + Sync` and reads are `pread`-style (no shared cursor).
+//!
+//! Bulk reads of a file (an export or a backup streaming a whole image) bypass the
+//! page cache where the filesystem allows it ([`FileSource`], O_DIRECT): the image
+//! is read once, so caching it only evicts the host's working set, and copying every
+//! byte through the cache costs CPU that the 2-core budget does not have.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use crate::error::{Error, Result};
 
@@ -19,14 +25,46 @@ pub trait ReadAt: Send + Sync {
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
 }
 
+/// Reads of at least this many bytes go around the page cache when they can (see
+/// [`FileSource`]); smaller ones (metadata, FUSE and restore reads) keep it.
+pub const DIRECT_READ_MIN: usize = 256 << 10;
+
 /// A file or block device opened read-only, with a count of the bytes read from it
 /// (so a backup or an export can prove what it did and did not read).
+///
+/// Reads of [`DIRECT_READ_MIN`] bytes or more whose offset, length and buffer address
+/// meet the file's direct-I/O alignment (statx `STATX_DIOALIGN`) go through a second
+/// descriptor opened with O_DIRECT; everything else, and every filesystem without
+/// direct I/O, is read through the page cache. Direct reads are coherent with the
+/// cache (the kernel writes back dirty pages of the range first).
 #[derive(Debug)]
 pub struct FileSource {
     file: File,
     path: PathBuf,
     size: u64,
     bytes_read: AtomicU64,
+    /// Opened on the first bulk read; `None` when direct I/O is not available.
+    direct: OnceLock<Option<Direct>>,
+    /// The last data and hole spans SEEK_DATA / SEEK_HOLE reported (see [`FileSource::span_at`]).
+    spans: Mutex<[Option<Span>; 2]>,
+}
+
+/// An O_DIRECT descriptor of the same file and the alignment it needs.
+#[derive(Debug)]
+struct Direct {
+    file: File,
+    /// Required alignment of file offsets and lengths.
+    offset_align: u64,
+    /// Required alignment of the buffer's address.
+    mem_align: u64,
+}
+
+/// A stretch of a file that is all data or all hole: `[start, end)`.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u64,
+    end: u64,
+    data: bool,
 }
 
 impl FileSource {
@@ -41,7 +79,104 @@ impl FileSource {
             path: path.to_path_buf(),
             size,
             bytes_read: AtomicU64::new(0),
+            direct: OnceLock::new(),
+            spans: Mutex::new([None, None]),
         })
+    }
+
+    /// Whether the span at `offset` is data (`true`) or a hole, and where it ends,
+    /// from SEEK_DATA / SEEK_HOLE; `None` when the filesystem cannot tell (then
+    /// everything is data). The last data span and the last hole are remembered, so a
+    /// sequential scan of a mostly dense image costs two system calls, not two per
+    /// query (on ext4 each costs an extent-tree walk). Images are read-only.
+    pub fn span_at(&self, offset: u64) -> Option<(bool, u64)> {
+        {
+            let spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = spans
+                .iter()
+                .flatten()
+                .find(|s| s.start <= offset && offset < s.end)
+            {
+                return Some((s.data, s.end));
+            }
+        }
+        use rustix::fs::{seek, SeekFrom as RSeek};
+        let span = match seek(&self.file, RSeek::Data(offset)) {
+            Ok(d) if d == offset => {
+                let hole = seek(&self.file, RSeek::Hole(offset)).unwrap_or(u64::MAX);
+                Span {
+                    start: offset,
+                    end: hole.max(offset + 1),
+                    data: true,
+                }
+            }
+            Ok(d) if d > offset => Span {
+                start: offset,
+                end: d,
+                data: false,
+            },
+            // ENXIO: no data after offset (a hole up to the end of the file), or the file
+            // shrank since it was opened: then claim data (uncached), so that the read
+            // fails loudly instead of a vanished tail silently reading as zeros.
+            Err(e) if e == rustix::io::Errno::NXIO => {
+                if self.file.metadata().map_or(true, |m| m.len() < self.size()) {
+                    return Some((true, u64::MAX));
+                }
+                Span {
+                    start: offset,
+                    end: u64::MAX,
+                    data: false,
+                }
+            }
+            _ => return None,
+        };
+        let mut spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
+        spans[usize::from(!span.data)] = Some(span);
+        Some((span.data, span.end))
+    }
+
+    /// The O_DIRECT twin of the file, opened on first use. It must be the same file
+    /// (device and inode), since it is opened by path.
+    fn direct(&self) -> Option<&Direct> {
+        self.direct
+            .get_or_init(|| {
+                use rustix::fs::{statx, AtFlags, StatxFlags};
+                let st = statx(&self.file, "", AtFlags::EMPTY_PATH, StatxFlags::DIOALIGN).ok()?;
+                let (offset_align, mem_align) = (
+                    u64::from(st.stx_dio_offset_align),
+                    u64::from(st.stx_dio_mem_align),
+                );
+                if !StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::DIOALIGN)
+                    || offset_align == 0
+                    || mem_align == 0
+                {
+                    return None;
+                }
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+                    .open(&self.path)
+                    .ok()?;
+                let (a, b) = (file.metadata().ok()?, self.file.metadata().ok()?);
+                ((a.dev(), a.ino()) == (b.dev(), b.ino())).then_some(Direct {
+                    file,
+                    offset_align,
+                    mem_align,
+                })
+            })
+            .as_ref()
+    }
+
+    /// The direct descriptor when a read of `buf` at `offset` may use it.
+    fn direct_for(&self, offset: u64, buf: &[u8]) -> Option<&Direct> {
+        if buf.len() < DIRECT_READ_MIN {
+            return None;
+        }
+        let d = self.direct()?;
+        (offset % d.offset_align == 0
+            && buf.len() as u64 % d.offset_align == 0
+            && (buf.as_ptr() as usize as u64) % d.mem_align == 0)
+            .then_some(d)
     }
 
     /// The path the file was opened by.
@@ -92,7 +227,18 @@ impl ReadAt for FileSource {
                 ),
             });
         }
-        self.file.read_exact_at(buf, offset).map_err(|e| {
+        let direct = self
+            .direct_for(offset, buf)
+            .map(|d| d.file.read_exact_at(buf, offset));
+        // EINVAL: the filesystem refused this direct read after all; use the cache.
+        let res = match direct {
+            Some(Err(e)) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                self.file.read_exact_at(buf, offset)
+            }
+            Some(r) => r,
+            None => self.file.read_exact_at(buf, offset),
+        };
+        res.map_err(|e| {
             Error::io(
                 &self.path,
                 format!("read {} bytes at offset {offset:#x}", buf.len()),
@@ -207,5 +353,57 @@ impl std::io::Write for ReadAtCursor {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sparse file: data at 0..1 MiB and 3..4 MiB (pattern by offset), holes elsewhere.
+    fn sample(dir: &Path) -> PathBuf {
+        let p = dir.join("f.img");
+        let f = File::create(&p).unwrap();
+        f.set_len(5 << 20).unwrap();
+        for base in [0u64, 3 << 20] {
+            let data: Vec<u8> = (0..1u64 << 20).map(|i| ((base + i) % 251) as u8).collect();
+            f.write_all_at(&data, base).unwrap();
+        }
+        f.sync_all().unwrap();
+        p
+    }
+
+    #[test]
+    fn direct_and_cached_reads_return_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = FileSource::open(&sample(dir.path())).unwrap();
+        let mut mem = vec![0u8; (1 << 20) + 8192];
+        let at = mem.as_ptr().align_offset(4096);
+        // Aligned (direct where the filesystem allows), then misaligned (cached).
+        for (off, start) in [(3u64 << 20, at), ((3 << 20) + 1, at + 1)] {
+            let buf = &mut mem[start..start + (512 << 10)];
+            src.read_exact_at(off, buf).unwrap();
+            assert!(buf
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == ((off + i as u64) % 251) as u8));
+        }
+        assert_eq!(src.bytes_read(), 2 * (512 << 10));
+        // Past the end is still an error, whichever path.
+        assert!(src.read_exact_at(5 << 20, &mut mem[at..at + 4096]).is_err());
+    }
+
+    #[test]
+    fn spans_follow_seek_data_and_are_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = FileSource::open(&sample(dir.path())).unwrap();
+        let Some((true, end)) = src.span_at(4096) else {
+            return; // no SEEK_DATA here: everything is data, nothing to check
+        };
+        assert_eq!(end, 1 << 20);
+        assert_eq!(src.span_at(2 << 20), Some((false, 3 << 20)));
+        assert_eq!(src.span_at(100), Some((true, 1 << 20)));
+        assert_eq!(src.span_at((3 << 20) + 5), Some((true, 4 << 20)));
+        assert_eq!(src.span_at(4 << 20), Some((false, u64::MAX)));
     }
 }

@@ -592,6 +592,19 @@ fn inspect_used_space_matches_ntfs3g() {
     let img = sample(dir.path());
     let want = usage_by_tools(&img, "ntfs").unwrap();
     assert_eq!(inspect_usage(&img).0, [("whole".to_string(), Some(want))]);
+    // A boot sector claiming more sectors than the volume has: no count, a warning.
+    let mut b = std::fs::read(&img).unwrap();
+    b[0x28..0x30].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let big = dir.path().join("big.ntfs");
+    std::fs::write(&big, &b).unwrap();
+    let (vols, warnings) = inspect_usage(&big);
+    assert_eq!(vols, [("whole".to_string(), None)]);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("whole: used space unknown") && w.contains("boot sector")),
+        "{warnings:?}"
+    );
     let Some(corpus) = corpus_dir() else { return };
     let img = corpus_file(&corpus, "ntfs/testfs1.zst", dir.path());
     let want = usage_by_tools(&img, "ntfs").unwrap();

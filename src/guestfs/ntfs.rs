@@ -78,6 +78,8 @@ pub struct NtfsFs {
     label: Option<String>,
     /// The boot sector, for the volume's cluster count.
     boot: NtfsBoot,
+    /// Bytes of the volume (the partition) the filesystem lives in.
+    volume_size: u64,
     /// The first guest path each node was seen under, for error messages.
     paths: Mutex<HashMap<NodeId, String>>,
 }
@@ -524,6 +526,7 @@ impl NtfsFs {
             name: fs_name,
             label,
             boot,
+            volume_size: volume.size(),
             paths: Mutex::new(paths),
         })
     }
@@ -882,6 +885,19 @@ impl GuestFs for NtfsFs {
     /// padding and are ignored.
     fn usage(&self) -> Result<Option<FsUsage>> {
         let cluster = u64::from(self.boot.cluster_size);
+        // A boot sector claiming more than the partition would have us count a bitmap
+        // (possibly sparse, so read without end) for clusters that do not exist.
+        if self.boot.volume_bytes > self.volume_size {
+            return Err(guest_err(
+                &self.name,
+                "boot sector",
+                Fail::Msg(format!(
+                    "the boot sector states {} bytes (offset 0x28), the volume has only {} \
+                     (truncated image or shrunk partition?)",
+                    self.boot.volume_bytes, self.volume_size
+                )),
+            ));
+        }
         let clusters = self.boot.volume_bytes / cluster;
         let bytes = clusters.div_ceil(8);
         let node = make_node(BITMAP_RECORD, 0);

@@ -3,8 +3,6 @@
 
 use std::path::Path;
 
-use rustix::fs::SeekFrom;
-
 use super::{Format, Layer, LayerInfo, RunKind};
 use crate::error::Result;
 use crate::io::{FileSource, ReadAt};
@@ -37,27 +35,11 @@ fn is_block_device(path: &Path) -> bool {
 /// SEEK_DATA / SEEK_HOLE where the filesystem supports them (everything is data
 /// otherwise). Shared by every format whose payload is a flat file region.
 pub fn file_run(src: &FileSource, offset: u64, max_len: u64) -> (RunKind, u64) {
-    let fd = src.file();
-    let data = rustix::fs::seek(fd, SeekFrom::Data(offset));
-    match data {
-        Ok(d) if d == offset => {
-            let hole = rustix::fs::seek(fd, SeekFrom::Hole(offset)).unwrap_or(u64::MAX);
-            (RunKind::Data, hole.saturating_sub(offset).clamp(1, max_len))
-        }
-        Ok(d) if d > offset => (RunKind::Unallocated, (d - offset).clamp(1, max_len)),
-        // ENXIO: no data after offset (a hole up to the end of the file), or the file
-        // shrank since it was opened: then claim data, so that the read fails loudly
-        // instead of a vanished tail silently reading as zeros.
-        Err(e) if e == rustix::io::Errno::NXIO => {
-            let shrunk = fd.metadata().map_or(true, |m| m.len() < src.size());
-            if shrunk {
-                (RunKind::Data, max_len)
-            } else {
-                (RunKind::Unallocated, max_len)
-            }
-        }
+    match src.span_at(offset) {
+        Some((true, end)) => (RunKind::Data, (end - offset).clamp(1, max_len)),
+        Some((false, end)) => (RunKind::Unallocated, (end - offset).clamp(1, max_len)),
         // Not supported, or anything odd: treat as data (correct, just slower).
-        _ => (RunKind::Data, max_len),
+        None => (RunKind::Data, max_len),
     }
 }
 

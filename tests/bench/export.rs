@@ -9,11 +9,11 @@
 //! The source disk: 4 GiB virtual, about 40% written (random and compressible data
 //! mixed, in extents that start at odd offsets), the rest never written. It is
 //! converted with qemu-img to vmdk (monolithicSparse), vhdx (dynamic), vpc (dynamic),
-//! qcow2 and qcow2 -c. For each, both tools export it 3 times (interleaved; the page
-//! cache is dropped before every run when /proc/sys/vm/drop_caches is writable,
-//! which the table header says); both outputs must have the same sha256. qemu-img is
-//! timed with a `sync` of its output, since vmback fsyncs before it reports success
-//! (same durability for both). Images are
+//! qcow2 and qcow2 -c. For each, both tools export it 3 times (interleaved, the tool
+//! that goes first alternating; the page cache is dropped before every run when
+//! /proc/sys/vm/drop_caches is writable, which the table header says); both outputs
+//! must have the same sha256. qemu-img is timed with a `sync` of its output, since
+//! vmback fsyncs before it reports success (same durability for both). Images are
 //! kept in `$VMBACK_BENCH_DIR` (default `<target>/tmp/bench-export`) for the next run.
 //! `VMBACK_BENCH_FORMATS=vmdk,qcow2` limits the formats; `VMBACK_BENCH_WARM=1` keeps
 //! the cache warm; `VMBACK_BENCH_PREPARE=1` only builds the images.
@@ -153,42 +153,55 @@ fn main() {
         let mut vmback_failed = None;
         let (mut sha_v, mut sha_q) = (String::new(), String::new());
         for rep in 0..REPS {
-            if cold {
-                drop_caches();
+            // Alternate which tool goes first, so neither always inherits the other's
+            // leftovers (writeback, the discards of the deleted outputs).
+            let order = if rep % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
+            for is_vmback in order {
+                if cold {
+                    drop_caches();
+                }
+                let started = Instant::now();
+                if is_vmback {
+                    let o = Command::new(&vmback)
+                        .args(["export", "--json", "--force", "--format", "raw", "-o"])
+                        .arg(&out_v)
+                        .arg(&img)
+                        .output()
+                        .unwrap();
+                    tv.push(started.elapsed().as_secs_f64());
+                    if !o.status.success() {
+                        vmback_failed = Some(String::from_utf8_lossy(&o.stderr).trim().to_string());
+                        break;
+                    }
+                    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+                    read = v["source_bytes_read"].as_u64();
+                } else {
+                    let _ = std::fs::remove_file(&out_q);
+                    run(Command::new("qemu-img")
+                        .args(["convert", "-f", t.qemu_format, "-O", "raw"])
+                        .arg(&img)
+                        .arg(&out_q));
+                    // vmback export fsyncs its output before reporting success; qemu-img
+                    // convert leaves the data in the page cache. Same durability: sync it.
+                    run(Command::new("sync").arg(&out_q));
+                    tq.push(started.elapsed().as_secs_f64());
+                }
             }
-            let started = Instant::now();
-            let o = Command::new(&vmback)
-                .args(["export", "--json", "--force", "--format", "raw", "-o"])
-                .arg(&out_v)
-                .arg(&img)
-                .output()
-                .unwrap();
-            tv.push(started.elapsed().as_secs_f64());
-            if !o.status.success() {
-                vmback_failed = Some(String::from_utf8_lossy(&o.stderr).trim().to_string());
+            if vmback_failed.is_some() {
                 break;
             }
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-            read = v["source_bytes_read"].as_u64();
-            if cold {
-                drop_caches();
-            }
-            let _ = std::fs::remove_file(&out_q);
-            let started = Instant::now();
-            run(Command::new("qemu-img")
-                .args(["convert", "-f", t.qemu_format, "-O", "raw"])
-                .arg(&img)
-                .arg(&out_q));
-            // vmback export fsyncs its output before reporting success; qemu-img
-            // convert leaves the data in the page cache. Same durability: sync it.
-            run(Command::new("sync").arg(&out_q));
-            tq.push(started.elapsed().as_secs_f64());
             if rep == 0 {
                 sha_v = sha256_file(&out_v);
                 sha_q = sha256_file(&out_q);
             }
             let _ = std::fs::remove_file(&out_v);
             let _ = std::fs::remove_file(&out_q);
+            // Let the deletions (and their discards) finish outside the timed runs.
+            let _ = Command::new("sync").status();
         }
         if let Some(msg) = vmback_failed {
             println!("{:<8} vmback export failed: {msg}", t.name);
