@@ -11,9 +11,10 @@
 //! file and its directory entry are fsynced). [`Backend::put_batched`], for chunks,
 //! defers it: an fsync per object costs a journal commit (~15 ms each on the 2-core
 //! benchmark machine, two per chunk: most of a backup's time), so batched objects are
-//! written to `tmp/` without syncing, the batch is made durable with one `syncfs`,
-//! and only then renamed into place; a final [`Backend::sync`] makes the renames
-//! durable. So a visible object name always has durable content (a crash leaves
+//! written to `tmp/` without syncing, the batch is made durable with one `syncfs`
+//! (on a background thread, one batch at a time, while the workers go on), and only
+//! then renamed into place; a final [`Backend::sync`] waits for that and makes the
+//! renames durable. So a visible object name always has durable content (a crash leaves
 //! only garbage in `tmp/`, never a named, empty chunk that a later backup could
 //! deduplicate against), and after `sync` every object put or seen is durable:
 //! the repository calls it before writing anything that refers to chunks.
@@ -23,6 +24,7 @@ use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 use crate::error::{Error, Result};
@@ -75,6 +77,8 @@ pub struct LocalBackend {
     tmp_counter: AtomicU64,
     /// Batched objects written to `tmp/`, not yet synced nor renamed into place.
     pending: Mutex<Pending>,
+    /// The batch being committed in the background, if any.
+    committing: Mutex<Option<JoinHandle<Result<()>>>>,
 }
 
 #[derive(Debug, Default)]
@@ -99,6 +103,7 @@ impl LocalBackend {
             root: root.to_path_buf(),
             tmp_counter: AtomicU64::new(0),
             pending: Mutex::new(Pending::default()),
+            committing: Mutex::new(None),
         }
     }
 
@@ -154,39 +159,76 @@ impl LocalBackend {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes a batch's content durable, then renames it into place (not yet durable
-    /// renames: [`Backend::sync`] syncs again). On error the batch's temporary files
-    /// are removed.
-    fn commit(&self, files: Vec<(PathBuf, PathBuf)>) -> Result<()> {
-        let result = self.sync_filesystem().and_then(|()| {
-            files.iter().try_for_each(|(tmp, path)| {
-                fs::rename(tmp, path).map_err(|e| Error::io(path, "rename into place", e))
-            })
-        });
-        if result.is_err() {
-            for (tmp, _) in &files {
-                let _ = fs::remove_file(tmp);
-            }
+    /// The result of a background commit, once it is done.
+    fn joined(&self, commit: Option<JoinHandle<Result<()>>>) -> Result<()> {
+        match commit.map(JoinHandle::join) {
+            None => Ok(()),
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(Error::Repository {
+                location: self.location(),
+                reason: "the thread syncing chunks panicked".into(),
+            }),
         }
-        result
     }
 
-    /// `syncfs` of the repository's filesystem: every file written there (by any
-    /// process), with its metadata, is durable when it returns — one journal commit
-    /// instead of one per file.
-    fn sync_filesystem(&self) -> Result<()> {
-        let dir = File::open(&self.root).map_err(|e| Error::io(&self.root, "open", e))?;
-        rustix::fs::syncfs(&dir)
-            .map_err(|e| Error::io(&self.root, "sync the filesystem (syncfs)", e.into()))
+    /// Waits for the batch being committed in the background; its result.
+    fn wait_commit(&self) -> Result<()> {
+        let running = self
+            .committing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.joined(running)
     }
+
+    /// Commits a full batch on a background thread, after the previous one is done
+    /// (one in flight bounds the unsynced data; its error, if any, is returned here).
+    fn commit_in_background(&self, files: Vec<(PathBuf, PathBuf)>) -> Result<()> {
+        let mut slot = self.committing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = self.joined(slot.take()) {
+            discard(&files);
+            return Err(e);
+        }
+        let root = self.root.clone();
+        *slot = Some(std::thread::spawn(move || commit(&root, files)));
+        Ok(())
+    }
+}
+
+/// Makes a batch's content durable, then renames it into place (the renames are made
+/// durable by the next [`Backend::sync`]). On error the batch's temporary files are
+/// removed.
+fn commit(root: &Path, files: Vec<(PathBuf, PathBuf)>) -> Result<()> {
+    let result = sync_filesystem(root).and_then(|()| {
+        files.iter().try_for_each(|(tmp, path)| {
+            fs::rename(tmp, path).map_err(|e| Error::io(path, "rename into place", e))
+        })
+    });
+    if result.is_err() {
+        discard(&files);
+    }
+    result
+}
+
+fn discard(files: &[(PathBuf, PathBuf)]) {
+    for (tmp, _) in files {
+        let _ = fs::remove_file(tmp);
+    }
+}
+
+/// `syncfs` of the filesystem holding `root`: every file written there (by any
+/// process), with its metadata, is durable when it returns — one journal commit
+/// instead of one per file.
+fn sync_filesystem(root: &Path) -> Result<()> {
+    let dir = File::open(root).map_err(|e| Error::io(root, "open", e))?;
+    rustix::fs::syncfs(&dir).map_err(|e| Error::io(root, "sync the filesystem (syncfs)", e.into()))
 }
 
 impl Drop for LocalBackend {
     /// Batched objects never synced (the backup failed) are garbage: remove them.
     fn drop(&mut self) {
-        for (tmp, _) in self.lock_pending().files.drain(..) {
-            let _ = fs::remove_file(tmp);
-        }
+        let _ = self.wait_commit();
+        discard(&std::mem::take(&mut self.lock_pending().files));
     }
 }
 
@@ -287,9 +329,8 @@ impl Backend for LocalBackend {
                 None
             }
         };
-        // Committed outside the lock: other workers keep writing meanwhile.
         match full {
-            Some(files) => self.commit(files),
+            Some(files) => self.commit_in_background(files),
             None => Ok(()),
         }
     }
@@ -300,12 +341,16 @@ impl Backend for LocalBackend {
             p.bytes = 0;
             std::mem::take(&mut p.files)
         };
+        if let Err(e) = self.wait_commit() {
+            discard(&files);
+            return Err(e);
+        }
         if !files.is_empty() {
-            self.commit(files)?;
+            commit(&self.root, files)?;
         }
         // The renames (ours and those of batches committed earlier), and objects of
         // other writers this process deduplicated against.
-        self.sync_filesystem()
+        sync_filesystem(&self.root)
     }
 
     fn exists(&self, key: &str) -> Result<bool> {
@@ -418,6 +463,7 @@ mod tests {
         for i in 0..BATCH_FILES {
             b.put_batched(&format!("chunks/cd/{i:04}"), b"x").unwrap();
         }
+        b.wait_commit().unwrap();
         assert!(b.exists("chunks/cd/0000").unwrap());
         assert!(b
             .exists(&format!("chunks/cd/{:04}", BATCH_FILES - 1))
