@@ -47,10 +47,13 @@ enum Outcome {
     },
 }
 
-/// Chunks processed per parallel step: enough to keep every thread busy, few enough
-/// that buffers stay small (window × chunk size × 2 bytes at most).
+/// Chunks processed per parallel step. Each worker holds one chunk's buffers at a
+/// time (threads × chunk size × 2 bytes at most, whatever the window), so the window
+/// only bounds the outcomes kept for the index. It is wide because every step ends
+/// with a barrier where all workers wait for the slowest chunk of the step (a cold
+/// read, an incompressible chunk beside a compressible one).
 fn window() -> usize {
-    (rayon::current_num_threads() * 4).max(8)
+    (rayon::current_num_threads() * 32).max(64)
 }
 
 /// Captures `disk` into the repository. `parent` and `changed` (one flag per chunk)

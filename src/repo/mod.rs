@@ -145,9 +145,17 @@ impl Repository {
         self.backend.exists(&id.key())
     }
 
-    /// Stores a chunk already encoded with [`chunk::encode`].
+    /// Stores a chunk already encoded with [`chunk::encode`]. It is durable (and
+    /// readable) only after [`Repository::sync`], which saving an index or a
+    /// manifest does first.
     pub fn put_chunk_object(&self, id: &ChunkId, object: &[u8]) -> Result<()> {
-        self.backend.put(&id.key(), object)
+        self.backend.put_batched(&id.key(), object)
+    }
+
+    /// Makes every chunk stored so far, and every chunk seen to exist, durable: the
+    /// invariant that a manifest is only written when every chunk it references is.
+    pub fn sync(&self) -> Result<()> {
+        self.backend.sync()
     }
 
     /// Reads, decompresses and verifies chunk `id` (also from where an interrupted gc
@@ -195,8 +203,9 @@ impl Repository {
         self.backend.delete(&format!("damaged/{}", id.hex()))
     }
 
-    /// Stores an index; returns its id.
+    /// Stores an index (after making the chunks durable and in place); returns its id.
     pub fn save_index(&self, index: &DiskIndex) -> Result<String> {
+        self.sync()?;
         let plain = index.to_bytes();
         let id = hex(blake3::hash(&plain).as_bytes());
         let key = format!("indexes/{id}");
@@ -220,8 +229,10 @@ impl Repository {
         DiskIndex::from_bytes(&plain, &self.location(), &key)
     }
 
-    /// Writes a manifest (the last step of a backup); returns the restore point's id.
+    /// Writes a manifest (the last step of a backup), after a [`Repository::sync`];
+    /// returns the restore point's id.
     pub fn save_manifest(&self, manifest: &Manifest) -> Result<String> {
+        self.sync()?;
         let json = serde_json::to_vec_pretty(manifest).map_err(|e| Error::Repository {
             location: self.location(),
             reason: format!("encoding manifest: {e}"),

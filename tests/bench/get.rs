@@ -37,8 +37,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
-
 const REPS: usize = 3;
 /// Bumped whenever the source disk's recipe changes (cached images are rebuilt).
 const RECIPE: &str = "v1";
@@ -46,19 +44,11 @@ const RECIPE: &str = "v1";
 const DEEP: &str = "a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/target.bin";
 const BIG_ENTRIES: usize = 20_000;
 
-/// Builds `$OUT/source.raw` and keeps `$OUT/target.bin` (the source of the deep file).
-const MAKE_SOURCE: &str = r#"
+/// Writes the tree both partitions hold into `$1` and keeps a copy of the deep file
+/// as `$2` (its sha256 is the expected one).
+const MAKE_TREE: &str = r#"
 set -euo pipefail
-OUT=$1
-W=$OUT/work
-rm -rf "$W"; mkdir -p "$W/mnt" "$W/tree"
-MNT=$W/mnt
-cleanup() {
-    if mountpoint -q "$MNT" 2>/dev/null; then umount "$MNT" || umount -l "$MNT" || true; fi
-    rm -rf "$W"
-}
-trap cleanup EXIT
-python3 - "$W/tree" <<'PY'
+python3 - "$1" <<'PY'
 import os, random, sys
 root = sys.argv[1]
 d = os.path.join(root, *"abcdefghijklmnop")
@@ -70,22 +60,7 @@ os.makedirs(big)
 for i in range(20000):
     open(os.path.join(big, "f%05d" % i), "w").close()
 PY
-cp "$W/tree/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/target.bin" "$OUT/target.bin"
-disk=$OUT/source.raw
-rm -f "$disk"; truncate -s 4G "$disk"
-sgdisk -o -n 1:2048:+1900M -t 1:0700 -c 1:"Basic data" \
-          -n 2:0:+1900M -t 2:8300 -c 2:"Linux data" "$disk" >/dev/null
-s1=$(sgdisk -i 1 "$disk" | awk '/First sector/ {print $3}')
-s2=$(sgdisk -i 2 "$disk" | awk '/First sector/ {print $3}')
-truncate -s 1900M "$W/ntfs.img"
-mkntfs -q -Q -F -L NTFSDATA -p "$s1" -H 255 -S 63 -c 4096 "$W/ntfs.img" >/dev/null 2>&1
-ntfs-3g "$W/ntfs.img" "$MNT"
-cp -a "$W/tree/." "$MNT/"
-umount "$MNT"
-dd if="$W/ntfs.img" of="$disk" bs=1M seek=$((s1 * 512 / 1048576)) conv=notrunc,sparse status=none
-rm -f "$W/ntfs.img"
-mke2fs -q -t ext4 -L linuxdata -d "$W/tree" "$W/ext4.img" 1900M >/dev/null 2>&1
-dd if="$W/ext4.img" of="$disk" bs=1M seek=$((s2 * 512 / 1048576)) conv=notrunc,sparse status=none
+cp "$1/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/target.bin" "$2"
 "#;
 
 struct Format {
@@ -182,9 +157,22 @@ fn main() {
             }
         }
         let t = Instant::now();
+        let tree = dir.join("tree");
         run(Command::new("bash")
-            .args(["-c", MAKE_SOURCE, "make-source"])
-            .arg(&dir));
+            .args(["-c", MAKE_TREE, "make-tree"])
+            .arg(&tree)
+            .arg(dir.join("target.bin")));
+        GptNtfsExt4 {
+            disk: &src,
+            disk_size: "4G",
+            ntfs_mib: 1900,
+            ext4_mib: 1900,
+            ntfs_tree: &tree,
+            ext4_tree: &tree,
+            work: &dir.join("work"),
+        }
+        .build();
+        std::fs::remove_dir_all(&tree).unwrap();
         eprintln!(
             "source: {} built in {:.1}s",
             src.display(),
@@ -193,20 +181,8 @@ fn main() {
         std::fs::write(&stamp, RECIPE).unwrap();
     }
     let want = sha256_bytes(&std::fs::read(dir.join("target.bin")).unwrap());
-    let offsets: Vec<u64> = (1..=PARTS.len())
-        .map(|n| {
-            let o = run(Command::new("sgdisk")
-                .args(["-i", &n.to_string()])
-                .arg(&src));
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .find_map(|l| l.strip_prefix("First sector: "))
-                .and_then(|l| l.split_whitespace().next())
-                .and_then(|s| s.parse().ok())
-                .expect("sgdisk -i: no first sector")
-        })
-        .collect();
-
+    // In sectors, as TSK's -o wants them.
+    let offsets = partition_first_sectors(&src);
     let formats: Vec<&Format> = FORMATS
         .iter()
         .filter(|f| only.as_ref().is_none_or(|o| o.iter().any(|n| n == f.name)))
@@ -480,13 +456,6 @@ fn row(
     );
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool} >/dev/null")])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// The sha256 of the first file named `name` under `dir`.
 fn find_sha(dir: &Path, name: &str) -> Option<String> {
     for e in std::fs::read_dir(dir).ok()?.flatten() {
@@ -500,8 +469,4 @@ fn find_sha(dir: &Path, name: &str) -> Option<String> {
         }
     }
     None
-}
-
-fn sha256_bytes(b: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(b))
 }
