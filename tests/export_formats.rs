@@ -162,8 +162,21 @@ fn fuse() -> bool {
 struct Mount(PathBuf);
 
 impl Drop for Mount {
+    /// The FUSE daemon may still hold the file for a moment after our last read
+    /// ("Device or resource busy"): retry, then detach lazily.
     fn drop(&mut self) {
-        let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
+        for _ in 0..50 {
+            let unmounted = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.0)
+                .stderr(std::process::Stdio::null())
+                .status();
+            if unmounted.is_ok_and(|s| s.success()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = Command::new("fusermount3").arg("-uz").arg(&self.0).status();
     }
 }
 
@@ -174,8 +187,13 @@ fn library_sha(image: &Path, lib: Lib, dir: &Path) -> Option<String> {
         Lib::Vmdk => ("vmdkmount", "vmdk1"),
         Lib::None => return None,
     };
-    let mnt = dir.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
+    // A fresh mount point per image: a mount that is slow to go away never
+    // blocks the next one.
+    let mnt = tempfile::Builder::new()
+        .prefix("mnt")
+        .tempdir_in(dir)
+        .unwrap()
+        .keep();
     run_ok(Command::new(tool).arg(image).arg(&mnt));
     let _guard = Mount(mnt.clone());
     Some(sha256_file(&mnt.join(file)))
