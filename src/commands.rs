@@ -419,9 +419,14 @@ fn restore_point_and_paths(
         return Ok((snap, paths.to_vec()));
     };
     let first = snapshot.trim_matches('/');
-    let names_vm = !first.contains('/')
-        && pick.vm.is_none_or(|v| v == first)
-        && repo.vm_names()?.contains(first);
+    let vms = repo.vm_names()?;
+    if let Some((vm, _)) = first.split_once('/').filter(|(vm, _)| vms.contains(*vm)) {
+        return Err(Error::Usage(format!(
+            "{first}: --at picks the restore point; name the VM alone ({vm}), or leave it out with --vm"
+        ))
+        .into());
+    }
+    let names_vm = pick.vm.is_none_or(|v| v == first) && vms.contains(first);
     let (vm, paths) = if names_vm {
         (Some(first), paths.to_vec())
     } else {

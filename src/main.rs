@@ -29,8 +29,13 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vmback: error: {e:#}");
-            let ours = e.chain().find_map(|c| c.downcast_ref::<vmback::Error>());
-            if let Some(hint) = ours.and_then(|e| e.hint()) {
+            // The innermost cause usually knows the next step best, but any will do.
+            let hint = e
+                .chain()
+                .filter_map(|c| c.downcast_ref::<vmback::Error>())
+                .filter_map(|e| e.hint())
+                .last();
+            if let Some(hint) = hint {
                 eprintln!("vmback: hint: {hint}");
             }
             let usage = e

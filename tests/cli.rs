@@ -224,6 +224,17 @@ fn at_picks_restore_points_by_time() {
             .arg(&r),
     );
     assert_eq!(std::fs::read(&r).unwrap(), vec![1u8; 4 * MIB]);
+    // ... and a restore point named beside --at is a usage error that says what to do.
+    let out = vmback()
+        .arg("restore")
+        .arg(&repo)
+        .args(["web01/latest", "disk0", "--at", &between, "--target"])
+        .arg(dir.path().join("r2.raw"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("name the VM alone (web01)"), "{err}");
 
     // ls: the disks of the restore point picked.
     let out = run_ok(
