@@ -119,7 +119,7 @@ pub enum Command {
         #[arg(long)]
         owner: bool,
         /// Replace existing files and symlinks in the target (atomically).
-        #[arg(long)]
+        #[arg(long, visible_alias = "force")]
         overwrite: bool,
         /// Print the result as JSON on standard output instead of text.
         #[arg(long)]
@@ -149,7 +149,7 @@ pub enum Command {
         #[arg(long, value_name = "TIME", value_parser = parse_at, help = AT_HELP)]
         at: Option<jiff::Timestamp>,
         /// Replace existing files (or an existing disk image file).
-        #[arg(long)]
+        #[arg(long, visible_alias = "force")]
         overwrite: bool,
         /// Also restore owner uid/gid (needs root).
         #[arg(long)]

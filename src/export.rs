@@ -178,7 +178,7 @@ fn export_raw(
     } else {
         if out.exists() && !opts.force {
             return Err(Error::Usage(format!(
-                "{} already exists; pass --force to replace it",
+                "{} already exists; pass --force (or --overwrite) to replace it",
                 out.display()
             )));
         }

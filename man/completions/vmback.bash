@@ -339,7 +339,7 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__get)
-            opts="-t -h --vm --at --target --owner --overwrite --json --threads --help"
+            opts="-t -h --vm --at --target --owner --force --overwrite --json --threads --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -715,7 +715,7 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__restore)
-            opts="-t -h --target --vm --at --overwrite --owner --json --threads --help"
+            opts="-t -h --target --vm --at --force --overwrite --owner --json --threads --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -61,14 +61,14 @@ complete -c vmback -n "__fish_vmback_using_subcommand get" -l at -d 'Only the ne
 complete -c vmback -n "__fish_vmback_using_subcommand get" -s t -l target -d 'Directory to restore into (created if missing)' -r -F
 complete -c vmback -n "__fish_vmback_using_subcommand get" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
 complete -c vmback -n "__fish_vmback_using_subcommand get" -l owner -d 'Also restore owner uid/gid (needs root)'
-complete -c vmback -n "__fish_vmback_using_subcommand get" -l overwrite -d 'Replace existing files and symlinks in the target (atomically)'
+complete -c vmback -n "__fish_vmback_using_subcommand get" -l overwrite -l force -d 'Replace existing files and symlinks in the target (atomically)'
 complete -c vmback -n "__fish_vmback_using_subcommand get" -l json -d 'Print the result as JSON on standard output instead of text'
 complete -c vmback -n "__fish_vmback_using_subcommand get" -s h -l help -d 'Print help'
 complete -c vmback -n "__fish_vmback_using_subcommand restore" -s t -l target -d 'Directory to restore files into (created if missing), or the file or device a whole disk is written to' -r -F
 complete -c vmback -n "__fish_vmback_using_subcommand restore" -l vm -d 'Only restore points of this VM (for `latest`, a name or --at)' -r
 complete -c vmback -n "__fish_vmback_using_subcommand restore" -l at -d 'Only the newest restore point at or before TIME: "2026-11-20 03:00" (local time zone) or RFC 3339 with Z or an offset (2026-11-20T03:00:00Z)' -r
 complete -c vmback -n "__fish_vmback_using_subcommand restore" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
-complete -c vmback -n "__fish_vmback_using_subcommand restore" -l overwrite -d 'Replace existing files (or an existing disk image file)'
+complete -c vmback -n "__fish_vmback_using_subcommand restore" -l overwrite -l force -d 'Replace existing files (or an existing disk image file)'
 complete -c vmback -n "__fish_vmback_using_subcommand restore" -l owner -d 'Also restore owner uid/gid (needs root)'
 complete -c vmback -n "__fish_vmback_using_subcommand restore" -l json -d 'Print the result as JSON on standard output instead of text'
 complete -c vmback -n "__fish_vmback_using_subcommand restore" -s h -l help -d 'Print help'
