@@ -133,8 +133,8 @@ pub enum Command {
         /// The repository.
         repo: PathBuf,
         /// The restore point: `<vm>/<restore point>`, an id or unique prefix, or
-        /// `latest`. With --at: the VM, or nothing when --vm names it or the
-        /// repository holds one VM.
+        /// `latest`. With --at: the VM, or left out (the first PATH comes here) when
+        /// --vm names the VM or the repository holds one.
         snapshot: String,
         /// What to restore: `<disk>/<volume>/<path>`, or `<disk>` for the whole disk.
         #[arg(required_unless_present = "at")]
