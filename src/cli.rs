@@ -10,7 +10,7 @@ use crate::export::{ExportFormat, Subformat};
 
 /// Image-level backup of virtual machine disks, with granular restore.
 #[derive(Debug, Parser)]
-#[command(name = "vmback", version, about, long_about = None)]
+#[command(name = "vmback", version, about, long_about = None, after_help = TOP_HELP)]
 pub struct Cli {
     /// Worker threads for parallel work (default: all cores).
     #[arg(long, global = true, value_name = "N")]
@@ -19,6 +19,26 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// The top command's help: the restore point names, exit codes, examples.
+pub const TOP_HELP: &str = "\
+Restore points are named <vm>/<restore point> (its name, e.g. 2026-11-21T030000Z,
+or latest), by id or unique id prefix (4+ hex digits), or by time with --at (the
+newest at or before it). Sizes and rates take units (64KiB, 4MiB, 200MiB/s),
+durations too (90s, 30m, 2h, 1d). Progress shows on a terminal only.
+
+Exit codes:
+  0  success
+  1  failure (ls, get, restore: some entries failed, the others were done)
+  2  usage error
+  3  integrity problem found (verify)
+
+Examples:
+  vmback init /srv/vmback
+  vmback backup /srv/vmback --vm web01 /var/lib/libvirt/images/web01.qcow2
+  vmback snapshots /srv/vmback
+  vmback restore /srv/vmback web01/latest disk0/p1/etc/hosts --target ./r
+  vmback mount /srv/vmback /mnt/backups";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -30,46 +50,68 @@ pub enum Command {
     Inspect {
         /// The image file (raw, VMDK, VHD, VHDX, qcow2) or block device.
         image: PathBuf,
-        /// Print JSON instead of text.
+        /// Print the result as JSON on standard output instead of text.
         #[arg(long)]
         json: bool,
     },
-    /// List volumes, or a directory inside a guest filesystem of an image.
-    #[command(
-        after_help = "Paths are <volume>/<path>: p1, p2, ... by partition number, or whole for a\npartitionless disk.\n\nExamples:\n  vmback ls disk.vmdk                 # the volumes\n  vmback ls disk.vmdk p2/Windows -l   # a directory, long format\n  vmback ls disk.qcow2 whole/etc --json"
-    )]
+    /// List volumes, or a directory inside a guest filesystem of an image or of a
+    /// restore point.
+    #[command(after_help = LS_HELP)]
     Ls {
-        /// The image file.
+        /// The image file, or a repository.
         image: PathBuf,
-        /// A path `<volume>/<path in the guest>`; omit to list the volumes.
+        /// Image: `<volume>/<path in the guest>`, omit to list the volumes. Repository:
+        /// `<vm>/<restore point>/<disk>/<volume>/<path>`, or a prefix of it.
         path: Option<String>,
+        /// Repository: only restore points of this VM (the path then starts at the
+        /// restore point, or at the disk with --at).
+        #[arg(long, value_name = "NAME")]
+        vm: Option<String>,
+        #[arg(long, value_name = "TIME", value_parser = parse_at, help = AT_HELP)]
+        at: Option<jiff::Timestamp>,
         /// Long format: type and mode, links, owner, size, modification time.
         #[arg(short = 'l', long)]
         long: bool,
-        /// Print JSON.
+        /// Print the result as JSON on standard output instead of text.
         #[arg(long)]
         json: bool,
     },
-    /// Write a file from a guest filesystem of an image to standard output.
+    /// Write a file from a guest filesystem of an image or of a restore point to
+    /// standard output.
     #[command(
-        after_help = "Examples:\n  vmback cat disk.vhdx p2/Windows/System32/drivers/etc/hosts\n  vmback cat disk.qcow2 whole/etc/fstab"
+        after_help = "Examples:\n  vmback cat disk.vhdx p2/Windows/System32/drivers/etc/hosts\n  vmback cat disk.qcow2 whole/etc/fstab\n  vmback cat /srv/vmback web01/latest/disk0/p1/etc/fstab\n  vmback cat /srv/vmback --vm web01 --at '2026-11-20 03:00' disk0/p1/etc/fstab"
     )]
     Cat {
-        /// The image file.
+        /// The image file, or a repository.
         image: PathBuf,
-        /// The file, as `<volume>/<path in the guest>`.
+        /// The file: `<volume>/<path in the guest>` in an image,
+        /// `<vm>/<restore point>/<disk>/<volume>/<path>` in a repository.
         path: String,
+        /// Repository: only restore points of this VM (the path then starts at the
+        /// restore point, or at the disk with --at).
+        #[arg(long, value_name = "NAME")]
+        vm: Option<String>,
+        #[arg(long, value_name = "TIME", value_parser = parse_at, help = AT_HELP)]
+        at: Option<jiff::Timestamp>,
     },
-    /// Copy files or directory trees out of a guest filesystem of an image.
+    /// Copy files or directory trees out of a guest filesystem of an image or of a
+    /// restore point.
     #[command(
-        after_help = "Existing files in the target are never overwritten; symlinks are recreated,\nnever followed; names a guest could use to escape the target ('..', '/', NUL)\nare refused and reported.\n\nExamples:\n  vmback get disk.vmdk p2/Users/alice/Documents --target ./restore\n  vmback get disk.qcow2 whole/etc/fstab whole/etc/hosts --target /tmp/r"
+        after_help = "Existing files in the target are kept unless --overwrite; symlinks are\nrecreated, never followed; names a guest could use to escape the target ('..',\n'/', NUL) are refused and reported.\n\nExamples:\n  vmback get disk.vmdk p2/Users/alice/Documents --target ./restore\n  vmback get disk.qcow2 whole/etc/fstab whole/etc/hosts --target /tmp/r\n  vmback get /srv/vmback web01/latest/disk0/p1/etc --target ./r\n  vmback get /srv/vmback --vm web01 --at '2026-11-20 03:00' disk0/p1/etc -t ./r"
     )]
     Get {
-        /// The image file.
+        /// The image file, or a repository.
         image: PathBuf,
-        /// Paths as `<volume>/<path in the guest>`.
+        /// Paths as `<volume>/<path in the guest>` in an image,
+        /// `<vm>/<restore point>/<disk>/<volume>/<path>` in a repository.
         #[arg(required = true)]
         paths: Vec<String>,
+        /// Repository: only restore points of this VM (paths then start at the
+        /// restore point, or at the disk with --at).
+        #[arg(long, value_name = "NAME")]
+        vm: Option<String>,
+        #[arg(long, value_name = "TIME", value_parser = parse_at, help = AT_HELP)]
+        at: Option<jiff::Timestamp>,
         /// Directory to restore into (created if missing).
         #[arg(long, short = 't', value_name = "DIR")]
         target: PathBuf,
@@ -77,38 +119,42 @@ pub enum Command {
         #[arg(long)]
         owner: bool,
         /// Replace existing files and symlinks in the target (atomically).
-        #[arg(long)]
+        #[arg(long, visible_alias = "force")]
         overwrite: bool,
-        /// Print a JSON report.
+        /// Print the result as JSON on standard output instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Restore files, directory trees or whole disks from a restore point.
     #[command(
-        after_help = "PATH is <disk>/<volume>/<path in the guest> (e.g. disk0/p2/Users/alice), or just\n<disk> to restore the whole disk as a sparse raw image to --target (a file or a\nblock device). Files keep their metadata, symlinks are recreated and never\nfollowed, nothing is written outside --target, existing files are kept unless\n--overwrite. A damaged chunk fails only the files that use it.\n\nExamples:\n  vmback restore /srv/vmback web01/latest disk0/p1/etc/hosts --target ./r\n  vmback restore /srv/vmback 3fa2c1d0 disk0/p2/Users/alice --target /tmp/alice\n  vmback restore /srv/vmback web01/2026-11-21T030000Z disk1 --target /dev/vg0/web01-data"
+        after_help = "PATH is <disk>/<volume>/<path in the guest> (e.g. disk0/p2/Users/alice), or just\n<disk> to restore the whole disk as a sparse raw image to --target (a file or a\nblock device). Files keep their metadata, symlinks are recreated and never\nfollowed, nothing is written outside --target, existing files are kept unless\n--overwrite. A damaged chunk fails only the files that use it.\n\nExamples:\n  vmback restore /srv/vmback web01/latest disk0/p1/etc/hosts --target ./r\n  vmback restore /srv/vmback 3fa2c1d0 disk0/p2/Users/alice --target /tmp/alice\n  vmback restore /srv/vmback web01/2026-11-21T030000Z disk1 --target /dev/vg0/web01-data\n  vmback restore /srv/vmback web01 --at '2026-11-20 03:00' disk0/p1/etc --target ./r"
     )]
     Restore {
         /// The repository.
         repo: PathBuf,
-        /// The restore point: `<vm>/<restore point>`, an id or unique prefix, or `latest`.
+        /// The restore point: `<vm>/<restore point>`, an id or unique prefix, or
+        /// `latest`. With --at: the VM, or left out (the first PATH comes here) when
+        /// --vm names the VM or the repository holds one.
         snapshot: String,
         /// What to restore: `<disk>/<volume>/<path>`, or `<disk>` for the whole disk.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "at")]
         paths: Vec<String>,
         /// Directory to restore files into (created if missing), or the file or device
         /// a whole disk is written to.
         #[arg(long, short = 't', value_name = "DIR|FILE")]
         target: PathBuf,
-        /// Only restore points of this VM (for `latest` or a name).
+        /// Only restore points of this VM (for `latest`, a name or --at).
         #[arg(long, value_name = "NAME")]
         vm: Option<String>,
+        #[arg(long, value_name = "TIME", value_parser = parse_at, help = AT_HELP)]
+        at: Option<jiff::Timestamp>,
         /// Replace existing files (or an existing disk image file).
-        #[arg(long)]
+        #[arg(long, visible_alias = "force")]
         overwrite: bool,
         /// Also restore owner uid/gid (needs root).
         #[arg(long)]
         owner: bool,
-        /// Print a JSON report.
+        /// Print the result as JSON on standard output instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -119,8 +165,15 @@ pub enum Command {
     Export {
         /// The image file (its parent chain is followed), or a repository.
         source: PathBuf,
-        /// With a repository: the disk, as `<vm>/<restore point>/<disk>` or `<id>/<disk>`.
+        /// With a repository: the disk, as `<vm>/<restore point>/<disk>` or `<id>/<disk>`
+        /// (with --at: `<vm>/<disk>`, or `<disk>` with --vm).
         disk: Option<String>,
+        /// Repository: only restore points of this VM (DISK then starts at the restore
+        /// point, or is the disk alone with --at).
+        #[arg(long, value_name = "NAME")]
+        vm: Option<String>,
+        #[arg(long, value_name = "TIME", value_parser = parse_at, help = AT_HELP)]
+        at: Option<jiff::Timestamp>,
         /// Output format.
         #[arg(long, short = 'f', value_enum, default_value = "raw")]
         format: ExportFormat,
@@ -136,9 +189,9 @@ pub enum Command {
         #[arg(long, short = 'o', value_name = "OUT")]
         output: PathBuf,
         /// Replace an existing output file.
-        #[arg(long)]
+        #[arg(long, visible_alias = "overwrite")]
         force: bool,
-        /// Print a JSON summary.
+        /// Print the result as JSON on standard output instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -170,7 +223,7 @@ pub enum Command {
         /// Only this VM's restore points.
         #[arg(long, value_name = "NAME")]
         vm: Option<String>,
-        /// Print JSON.
+        /// Print the result as JSON on standard output instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -186,16 +239,22 @@ pub enum Command {
         /// Only this VM's restore points.
         #[arg(long, value_name = "NAME")]
         vm: Option<String>,
+        /// Keep the N newest restore points.
         #[arg(long, value_name = "N", default_value_t = 0)]
         keep_last: usize,
+        /// Keep the newest restore point of each of the N most recent hours that have one.
         #[arg(long, value_name = "N", default_value_t = 0)]
         keep_hourly: usize,
+        /// Keep the newest of each of the N most recent days.
         #[arg(long, value_name = "N", default_value_t = 0)]
         keep_daily: usize,
+        /// Keep the newest of each of the N most recent ISO weeks.
         #[arg(long, value_name = "N", default_value_t = 0)]
         keep_weekly: usize,
+        /// Keep the newest of each of the N most recent months.
         #[arg(long, value_name = "N", default_value_t = 0)]
         keep_monthly: usize,
+        /// Keep the newest of each of the N most recent years.
         #[arg(long, value_name = "N", default_value_t = 0)]
         keep_yearly: usize,
         /// Allow a policy to remove a VM's last restore point.
@@ -204,7 +263,7 @@ pub enum Command {
         /// Print the plan; remove nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Print JSON.
+        /// Print the result as JSON on standard output instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -222,7 +281,7 @@ pub enum Command {
         /// Report what would be removed; remove nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Print JSON.
+        /// Print the result as JSON on standard output instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -240,12 +299,13 @@ pub enum Command {
     /// Check a repository: every referenced chunk exists; with --read-data, every
     /// chunk decompresses and hashes to its name.
     #[command(
-        after_help = "Exit code 3 when anything is missing or damaged; the report names the\nrestore points, disks and disk offsets that use each bad chunk.\n\nExamples:\n  vmback verify /srv/vmback\n  vmback verify /srv/vmback --read-data\n  vmback verify /srv/vmback web01/latest --read-data --json\n  vmback verify /srv/vmback --filesystems"
+        after_help = "Exit code 3 when anything is missing or damaged; the report names the\nrestore points, disks and disk offsets that use each bad chunk.\n\nExamples:\n  vmback verify /srv/vmback\n  vmback verify /srv/vmback --read-data\n  vmback verify /srv/vmback web01/latest --read-data --json\n  vmback verify /srv/vmback --vm web01 --at '2026-11-20 03:00' --filesystems\n  vmback verify /srv/vmback --filesystems"
     )]
     Verify {
         /// The repository.
         repo: PathBuf,
-        /// Only this restore point (`<vm>/<restore point>`, an id prefix, or `latest`).
+        /// Only this restore point (`<vm>/<restore point>`, an id prefix, or `latest`;
+        /// with --at: the VM, or nothing when --vm names it).
         snapshot: Option<String>,
         /// Also read, decompress and re-hash every chunk.
         #[arg(long)]
@@ -254,10 +314,12 @@ pub enum Command {
         /// only): proof that each restore point can give files back.
         #[arg(long)]
         filesystems: bool,
-        /// Only restore points of this VM (for `latest`).
+        /// Only restore points of this VM (for `latest`, a name or --at).
         #[arg(long, value_name = "NAME")]
         vm: Option<String>,
-        /// Print JSON.
+        #[arg(long, value_name = "TIME", value_parser = parse_at, help = AT_HELP)]
+        at: Option<jiff::Timestamp>,
+        /// Print the result as JSON on standard output instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -274,6 +336,9 @@ pub enum Command {
         /// Only this restore point (its name, an id prefix, or `latest`).
         #[arg(long, value_name = "ID")]
         snapshot: Option<String>,
+        #[arg(long, value_name = "TIME", value_parser = parse_at, help = AT_HELP,
+              conflicts_with = "snapshot")]
+        at: Option<jiff::Timestamp>,
         /// Memory for decompressed chunks, shared by all disks of the mount.
         #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
         cache_size: u64,
@@ -310,7 +375,8 @@ Examples:
   vmback export /srv/vmback 3fa2c1d0/disk1 -o data.raw
   vmback export disk.qcow2 --format vmdk --subformat streamOptimized -o disk.vmdk
   vmback export disk.vmdk --format vhd --subformat fixed --align -o azure.vhd
-  vmback export /srv/vmback web01/latest/disk0 --format vhdx -o web01.vhdx";
+  vmback export /srv/vmback web01/latest/disk0 --format vhdx -o web01.vhdx
+  vmback export /srv/vmback web01/disk0 --at '2026-11-20 03:00' -o web01.raw";
 
 const BACKUP_HELP: &str = "\
 Change tracking, per disk: --dirty-bitmap (an NBD export's qemu:dirty-bitmap),
@@ -351,8 +417,34 @@ or `fusermount3 -u` unmounts.
 Examples:
   vmback mount /srv/vmback /mnt/backups
   vmback mount /srv/vmback /mnt/web01 --vm web01 --snapshot latest
+  vmback mount /srv/vmback /mnt/web01 --vm web01 --at '2026-11-20 03:00'
   qemu-img create -f qcow2 -F raw -b /mnt/backups/web01/latest/disk0.img run.qcow2
   vmback mount disk.vmdk /mnt/disk && ls /mnt/disk/p2/Users";
+
+/// Help of `--at`, the same for every command that picks a restore point.
+const AT_HELP: &str =
+    "Only the newest restore point at or before TIME: \"2026-11-20 03:00\" (local \
+     time zone) or RFC 3339 with Z or an offset (2026-11-20T03:00:00Z)";
+
+/// Paths of `ls` in an image and in a repository.
+const LS_HELP: &str = "\
+An image's paths are <volume>/<path>: p1, p2, ... by partition number, or whole for
+a partitionless disk. A repository's are the path grammar
+<vm>/<restore point>/<disk>/<volume>/<path>; its prefixes list the VMs' restore
+points, a restore point's disks, a disk's volumes.
+
+Examples:
+  vmback ls disk.vmdk                 # the volumes
+  vmback ls disk.vmdk p2/Windows -l   # a directory, long format
+  vmback ls disk.qcow2 whole/etc --json
+  vmback ls /srv/vmback web01         # web01's restore points
+  vmback ls /srv/vmback web01/latest/disk0/p1/etc
+  vmback ls /srv/vmback --vm web01 --at '2026-11-20 03:00' disk0/p1/etc";
+
+/// Parses `--at` times (see [`crate::repo::parse_at`]).
+fn parse_at(s: &str) -> Result<jiff::Timestamp, String> {
+    crate::repo::parse_at(s)
+}
 
 /// Parses sizes and rates with units (`1MiB`, `200MiB/s`).
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -399,13 +491,14 @@ pub struct BackupArgs {
     /// Command run after the capture, always (also on failure).
     #[arg(long, value_name = "CMD")]
     pub post_hook: Option<String>,
-    /// Seconds a hook may run before it is killed.
-    #[arg(long, value_name = "SECS", default_value_t = 600)]
-    pub hook_timeout: u64,
+    /// How long a hook may run before it is killed, e.g. 90s, 10m (bare numbers are
+    /// seconds).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub hook_timeout: std::time::Duration,
     /// Limit reads from the sources, e.g. 200MiB/s.
     #[arg(long, value_name = "RATE", value_parser = parse_size)]
     pub limit_read: Option<u64>,
-    /// Print a JSON report.
+    /// Print the result as JSON on standard output instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -417,12 +510,15 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{s:?}: expected a duration such as 30m, 2h, 1d"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
         other => return Err(format!("{s:?}: unknown unit {other:?} (s, m, h, d)")),
     };
+    let secs = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{s:?}: out of range"))?;
     Ok(std::time::Duration::from_secs(secs))
 }

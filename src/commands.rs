@@ -4,7 +4,6 @@ use std::io::{stdout, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use vmback::backup::cbt::Tracking;
 use vmback::backup::{BackupOptions, BackupReport, SourceSpec};
@@ -12,7 +11,7 @@ use vmback::browse::DiskView;
 use vmback::cli::BackupArgs;
 use vmback::get::GetOptions;
 use vmback::inspect::human;
-use vmback::location::{resolve_repo, RepoPlace};
+use vmback::location::{only_for_repositories, resolve_repo, Pick, RepoPlace};
 use vmback::repo::manifest::VmIdentity;
 use vmback::Error;
 
@@ -77,7 +76,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
             .collect(),
         pre_hook,
         post_hook,
-        hook_timeout: Duration::from_secs(hook_timeout),
+        hook_timeout,
         limit_read,
         progress: !json,
     };
@@ -162,11 +161,17 @@ fn print_summary(r: &BackupReport) {
 }
 
 /// `vmback ls` on an image or a repository.
-pub fn ls(source: &Path, path: Option<&str>, long: bool, json: bool) -> anyhow::Result<ExitCode> {
+pub fn ls(
+    source: &Path,
+    path: Option<&str>,
+    pick: Pick,
+    long: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let out = &mut stdout().lock();
     let (view, inner) = if vmback::repo::is_repository(source) {
         let repo = vmback::repo::open_shared(source)?;
-        match resolve_repo(&repo, path)? {
+        match resolve_repo(&repo, path, pick)? {
             RepoPlace::Snapshots(vm) => {
                 let list: Vec<_> = repo
                     .snapshots()?
@@ -208,6 +213,7 @@ pub fn ls(source: &Path, path: Option<&str>, long: bool, json: bool) -> anyhow::
             RepoPlace::Inside { view, inner } => (view, inner),
         }
     } else {
+        only_for_repositories(source, pick)?;
         let disk = Arc::new(vmback::image::open(source)?);
         let view = DiskView::new(disk, &source.display().to_string())?;
         (view, path.unwrap_or("").to_string())
@@ -231,6 +237,7 @@ pub fn ls(source: &Path, path: Option<&str>, long: bool, json: bool) -> anyhow::
 pub fn get(
     source: &Path,
     paths: &[String],
+    pick: Pick,
     target: &Path,
     opts: &GetOptions,
     json: bool,
@@ -240,7 +247,7 @@ pub fn get(
         let repo = vmback::repo::open_shared(source)?;
         let mut keyed: Vec<(String, DiskView, Vec<String>)> = Vec::new();
         for p in paths {
-            let RepoPlace::Inside { view, inner } = resolve_repo(&repo, Some(p))? else {
+            let RepoPlace::Inside { view, inner } = resolve_repo(&repo, Some(p), pick)? else {
                 return Err(Error::Usage(format!(
                     "{p}: name what to get inside a disk: <vm>/<restore point>/<disk>/<volume>/<path>"
                 ))
@@ -254,6 +261,7 @@ pub fn get(
         }
         groups.extend(keyed.into_iter().map(|(_, v, l)| (v, l)));
     } else {
+        only_for_repositories(source, pick)?;
         let disk = Arc::new(vmback::image::open(source)?);
         let view = DiskView::new(disk, &source.display().to_string())?;
         groups.push((view, paths.to_vec()));
@@ -305,14 +313,15 @@ fn get_groups(
 pub fn restore(
     repo: &Path,
     snapshot: &str,
-    vm: Option<&str>,
+    pick: Pick,
     paths: &[String],
     target: &Path,
     opts: &GetOptions,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let repo = vmback::repo::open_shared(repo)?;
-    let (snap, rest) = repo.resolve_path(snapshot, vm)?;
+    let (snap, paths) = restore_point_and_paths(&repo, snapshot, pick, paths)?;
+    let paths = &paths[..];
     // While restoring, gc keeps this restore point's data even if it is forgotten.
     let indexes = snap
         .manifest
@@ -321,12 +330,6 @@ pub fn restore(
         .map(|d| d.index.clone())
         .collect();
     let _lock = vmback::repo::lock::shared(&repo, "restore", indexes)?;
-    if !rest.is_empty() {
-        return Err(Error::Usage(format!(
-            "{snapshot}: name the restore point alone (`<vm>/<restore point>`, an id or `latest`); paths inside it go after it, e.g. disk0/p1/etc"
-        ))
-        .into());
-    }
     let whole: Vec<&String> = paths
         .iter()
         .filter(|p| !p.trim_matches('/').contains('/'))
@@ -394,6 +397,50 @@ pub fn restore(
         }
     }
     get_groups(&groups, target, opts, json)
+}
+
+/// The restore point of `vmback restore` and what to restore from it. Without
+/// `--at`, SNAPSHOT names the restore point; with `--at` it picks it, and SNAPSHOT is
+/// the VM when it names one (else it is the first path).
+fn restore_point_and_paths(
+    repo: &vmback::repo::Repository,
+    snapshot: &str,
+    pick: Pick,
+    paths: &[String],
+) -> anyhow::Result<(vmback::repo::manifest::Snapshot, Vec<String>)> {
+    let Some(at) = pick.at else {
+        let (snap, rest) = repo.resolve_path(snapshot, pick.vm)?;
+        if !rest.is_empty() {
+            return Err(Error::Usage(format!(
+                "{snapshot}: name the restore point alone (`<vm>/<restore point>`, an id or `latest`); paths inside it go after it, e.g. disk0/p1/etc"
+            ))
+            .into());
+        }
+        return Ok((snap, paths.to_vec()));
+    };
+    let first = snapshot.trim_matches('/');
+    let vms = repo.vm_names()?;
+    if let Some((vm, _)) = first.split_once('/').filter(|(vm, _)| vms.contains(*vm)) {
+        return Err(Error::Usage(format!(
+            "{first}: --at picks the restore point; name the VM alone ({vm}), or leave it out with --vm"
+        ))
+        .into());
+    }
+    let names_vm = pick.vm.is_none_or(|v| v == first) && vms.contains(first);
+    let (vm, paths) = if names_vm {
+        (Some(first), paths.to_vec())
+    } else {
+        let mut all = vec![snapshot.to_string()];
+        all.extend_from_slice(paths);
+        (pick.vm, all)
+    };
+    if paths.is_empty() {
+        return Err(Error::Usage(format!(
+            "name what to restore from {first}'s restore point: <disk>/<volume>/<path>, or <disk>"
+        ))
+        .into());
+    }
+    Ok((repo.find_at(at, vm)?, paths))
 }
 
 /// `vmback forget`.

@@ -132,6 +132,45 @@ impl Error {
         }
     }
 
+    /// What the user can do next, where the message itself does not say it (printed
+    /// by the binary after the error).
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+                "check the permissions of that file or device (reading disks usually needs root)"
+                    .into()
+            }
+            Error::Missing {
+                missing,
+                referenced_by,
+                ..
+            } => format!(
+                "put {} where {} expects it (paths are relative to the referencing file's \
+                 directory), or fix the reference",
+                missing.display(),
+                referenced_by.display()
+            ),
+            Error::Unsupported { .. } => {
+                "`vmback inspect` shows what the image holds; `qemu-img convert -O raw` can \
+                 turn a container vmback does not read into one it does"
+                    .into()
+            }
+            Error::Nbd { .. } | Error::NbdIo { .. } => {
+                "check that the NBD server runs and exports that name (qemu-nbd -x NAME ...), \
+                 and the URI form: nbd+unix:///EXPORT?socket=PATH or nbd://HOST[:PORT]/EXPORT"
+                    .into()
+            }
+            Error::Hook { command, .. } => {
+                format!("run `{command}` by hand to see why it fails")
+            }
+            Error::NotInRepository { location, .. } | Error::Damaged { location, .. } => format!(
+                "run `vmback verify {location} --read-data` to list the restore points that use \
+                 it; the next backup of the same data stores it again"
+            ),
+            _ => return None,
+        })
+    }
+
     /// A parse error of a structure inside `path`.
     pub fn parse(path: impl Into<PathBuf>, source: ParseError) -> Self {
         Error::Parse {

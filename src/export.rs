@@ -74,6 +74,16 @@ impl ExportFormat {
             ExportFormat::Vhdx => "vhdx",
         }
     }
+
+    /// The `--subformat` values this format takes, its default first (none: the
+    /// format has no variants). `export::container` checks the same combinations.
+    pub fn subformats(self) -> &'static [Subformat] {
+        match self {
+            ExportFormat::Raw | ExportFormat::Qcow2 => &[],
+            ExportFormat::Vmdk => &[Subformat::MonolithicSparse, Subformat::StreamOptimized],
+            ExportFormat::Vhd | ExportFormat::Vhdx => &[Subformat::Dynamic, Subformat::Fixed],
+        }
+    }
 }
 
 /// Variants of a format, named as `qemu-img create -o subformat=` names them.
@@ -168,7 +178,7 @@ fn export_raw(
     } else {
         if out.exists() && !opts.force {
             return Err(Error::Usage(format!(
-                "{} already exists; pass --force to replace it",
+                "{} already exists; pass --force (or --overwrite) to replace it",
                 out.display()
             )));
         }

@@ -25,6 +25,7 @@ pub mod repo;
 pub mod snapshots;
 pub mod verify;
 pub mod verify_fs;
+pub mod version;
 pub mod volume;
 
 pub use error::{Error, Result};

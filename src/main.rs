@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use vmback::cli::{Cli, Command};
 use vmback::export::ExportOptions;
 use vmback::image;
@@ -16,12 +16,28 @@ mod commands;
 use vmback::inspect::{human, inspect, render};
 
 fn main() -> ExitCode {
-    let args = Cli::parse();
+    // `-V` and `--version` both print the supported formats; the library's
+    // `Cli::command()` (man pages, completions) keeps the one-line version.
+    let version = vmback::version::long_version();
+    let matches = Cli::command()
+        .version(version.clone())
+        .long_version(version)
+        .get_matches();
+    let args = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match run(args) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vmback: error: {e:#}");
+            // The innermost cause usually knows the next step best, but any will do.
+            let hint = e
+                .chain()
+                .filter_map(|c| c.downcast_ref::<vmback::Error>())
+                .filter_map(|e| e.hint())
+                .last();
+            if let Some(hint) = hint {
+                eprintln!("vmback: hint: {hint}");
+            }
             let usage = e
                 .downcast_ref::<vmback::Error>()
                 .is_some_and(|e| matches!(e, vmback::Error::Usage(_)));
@@ -59,6 +75,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export {
             source,
             disk,
+            vm,
+            at,
             format,
             subformat,
             align,
@@ -81,7 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .into());
                 };
                 let repo = repo::open_shared(&source)?;
-                let (snap, rest) = repo.resolve_path(&path, None)?;
+                let (snap, rest) = repo.resolve_path_at(&path, vm.as_deref(), at)?;
                 let [disk_name] = rest.as_slice() else {
                     return Err(vmback::Error::Usage(format!(
                         "{path}: expected <restore point>/<disk>, e.g. {}/{}/disk0",
@@ -93,6 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let stats = vmback::export::export(&disk, &output, &opts)?;
                 (stats, None)
             } else {
+                vmback::location::only_for_repositories(&source, pick(&vm, at))?;
                 if let Some(d) = disk {
                     return Err(vmback::Error::Usage(format!(
                         "{}: an image has one disk; {d:?} is only for repositories",
@@ -248,12 +267,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             read_data,
             filesystems,
             vm,
+            at,
             json,
         } => {
             let repo = repo::open_shared(&repo)?;
-            let snap = match &snapshot {
-                Some(s) => Some(repo.resolve_path(s, vm.as_deref())?.0),
-                None => None,
+            let snap = match (&snapshot, at) {
+                (None, None) => None,
+                (s, at) => {
+                    let spec = s.as_deref().unwrap_or_default();
+                    let (snap, rest) = repo.resolve_path_at(spec, vm.as_deref(), at)?;
+                    if !rest.is_empty() {
+                        return Err(vmback::Error::Usage(format!(
+                            "{spec}: name a restore point only (`<vm>/<restore point>`, an id, `latest`; with --at the VM)"
+                        ))
+                        .into());
+                    }
+                    Some(snap)
+                }
             };
             let report =
                 vmback::verify::verify(&repo, snap.as_ref(), read_data, filesystems, !json)?;
@@ -269,19 +299,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ls {
             image,
             path,
+            vm,
+            at,
             long,
             json,
-        } => return commands::ls(&image, path.as_deref(), long, json),
+        } => return commands::ls(&image, path.as_deref(), pick(&vm, at), long, json),
         Command::Get {
             image,
             paths,
+            vm,
+            at,
             target,
             owner,
             overwrite,
             json,
         } => {
             let opts = vmback::get::GetOptions { owner, overwrite };
-            return commands::get(&image, &paths, &target, &opts, json);
+            return commands::get(&image, &paths, pick(&vm, at), &target, &opts, json);
         }
         Command::Restore {
             repo,
@@ -289,6 +323,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             paths,
             target,
             vm,
+            at,
             overwrite,
             owner,
             json,
@@ -297,7 +332,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return commands::restore(
                 &repo,
                 &snapshot,
-                vm.as_deref(),
+                pick(&vm, at),
                 &paths,
                 &target,
                 &opts,
@@ -309,12 +344,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             mountpoint,
             vm,
             snapshot,
+            at,
             cache_size,
             allow_other,
         } => {
             let opts = vmback::mount::MountOptions {
                 vm,
                 snapshot,
+                at,
                 cache_bytes: cache_size,
                 allow_other,
                 threads: cli.threads,
@@ -322,10 +359,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             vmback::mount::mount(&source, &mountpoint, &opts)?;
         }
         Command::Umount { mountpoint, lazy } => vmback::mount::umount(&mountpoint, lazy)?,
-        Command::Cat { image, path } => {
-            let (view, inner) = vmback::location::open_view(&image, &path)?;
+        Command::Cat {
+            image,
+            path,
+            vm,
+            at,
+        } => {
+            let (view, inner) = vmback::location::open_view(&image, &path, pick(&vm, at))?;
             vmback::ls::cat(&view, &inner, &mut stdout().lock())?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--vm` and `--at` as one [`vmback::location::Pick`].
+fn pick(vm: &Option<String>, at: Option<jiff::Timestamp>) -> vmback::location::Pick<'_> {
+    vmback::location::Pick {
+        vm: vm.as_deref(),
+        at,
+    }
 }

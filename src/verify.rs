@@ -230,7 +230,7 @@ pub fn verify(
         }
     }
     if filesystems {
-        report.filesystems = crate::verify_fs::check_filesystems(repo, &snapshots);
+        report.filesystems = crate::verify_fs::check_filesystems(repo, &snapshots, progress);
     }
     Ok(report)
 }

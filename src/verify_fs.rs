@@ -44,11 +44,26 @@ impl FsCheck {
     }
 }
 
-/// Walks every filesystem of `snapshots`.
-pub fn check_filesystems(repo: &Arc<Repository>, snapshots: &[Snapshot]) -> Vec<FsCheck> {
+/// Walks every filesystem of `snapshots` (with a progress bar per disk when
+/// `progress` and stderr is a terminal).
+pub fn check_filesystems(
+    repo: &Arc<Repository>,
+    snapshots: &[Snapshot],
+    progress: bool,
+) -> Vec<FsCheck> {
     let mut out = Vec::new();
+    let disks = snapshots
+        .iter()
+        .map(|s| s.manifest.disks.len() as u64)
+        .sum();
+    let bar = if progress {
+        crate::progress::count_bar(disks, "verify filesystems (disks)")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     for s in snapshots {
         for d in &s.manifest.disks {
+            bar.inc(1);
             let mut base = FsCheck {
                 restore_point: s.short_id().to_string(),
                 vm: s.manifest.vm.name.clone(),
@@ -103,6 +118,7 @@ pub fn check_filesystems(repo: &Arc<Repository>, snapshots: &[Snapshot]) -> Vec<
             }
         }
     }
+    bar.finish_and_clear();
     out
 }
 

@@ -19,6 +19,11 @@ use crate::error::{Error, Result};
 use crate::guestfs::FsUsage;
 use crate::io::ReadAt;
 
+/// The partitioning schemes read, as `vmback --version` lists them.
+pub const TABLES: &str =
+    "MBR with logical partitions (EBR chain), GPT (512- and 4096-byte sectors, backup \
+     header fallback), none (the whole disk is one volume)";
+
 /// The partitioning scheme found on a disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "scheme", rename_all = "lowercase")]

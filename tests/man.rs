@@ -7,23 +7,113 @@ use std::path::{Path, PathBuf};
 use clap::CommandFactory;
 use vmback::cli::Cli;
 
+/// The man page of `cmd`: clap_mangen's sections, with the command's after-help
+/// (see [`after_help_roff`]) in place of its EXTRA section.
+fn man_page(cmd: clap::Command) -> Vec<u8> {
+    let after = cmd
+        .get_after_help()
+        .map(|h| h.to_string())
+        .unwrap_or_default();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.after_help(None::<&str>))
+        .render(&mut page)
+        .unwrap();
+    let page = String::from_utf8(page).unwrap();
+    let (details, sections) = after_help_roff(&after);
+    // DESCRIPTION goes on with the details; EXIT STATUS and EXAMPLES come before
+    // VERSION (or last), as man-pages(7) orders sections.
+    let options = page.find("\n.SH OPTIONS").map_or(page.len(), |i| i + 1);
+    let mut out = format!("{}{details}{}", &page[..options], &page[options..]);
+    let version = out.find("\n.SH VERSION").map_or(out.len(), |i| i + 1);
+    out.insert_str(version, &sections);
+    out.into_bytes()
+}
+
+/// Turns a clap after-help text into roff: its leading text (to continue the
+/// DESCRIPTION) and its "Exit codes:" and "Examples:" blocks as EXIT STATUS and
+/// EXAMPLES sections. Indented lines are kept as they are (no filling).
+fn after_help_roff(text: &str) -> (String, String) {
+    let (mut details, mut sections) = (String::new(), String::new());
+    let mut out = &mut details;
+    let mut verbatim = false;
+    for line in text.lines() {
+        let heading = match line {
+            "Examples:" => Some("EXAMPLES"),
+            "Exit codes:" => Some("EXIT STATUS"),
+            _ => None,
+        };
+        let indented = line.starts_with(' ');
+        if verbatim && !indented {
+            out.push_str(".fi\n.RE\n");
+            verbatim = false;
+        }
+        if let Some(h) = heading {
+            out = &mut sections;
+            out.push_str(&match h.contains(' ') {
+                true => format!(".SH \"{h}\"\n"),
+                false => format!(".SH {h}\n"),
+            });
+        } else if line.trim().is_empty() {
+            out.push_str(".PP\n");
+        } else {
+            if indented && !verbatim {
+                out.push_str(".RS 2\n.nf\n");
+                verbatim = true;
+            }
+            let line = if indented {
+                line.strip_prefix("  ").unwrap_or(line)
+            } else {
+                line
+            };
+            out.push_str(&roff_text(line));
+            out.push('\n');
+        }
+    }
+    if verbatim {
+        out.push_str(".fi\n.RE\n");
+    }
+    for part in [&mut details, &mut sections] {
+        while part.ends_with(".PP\n") {
+            part.truncate(part.len() - 4); // a paragraph break before the next section
+        }
+    }
+    if !details.is_empty() {
+        details.insert_str(0, ".PP\n");
+    }
+    (details, sections)
+}
+
+/// Escapes a line of text for roff: backslashes, dashes, quotes that would render
+/// as typographic ones (examples must stay copy-pastable), and a leading control
+/// character.
+fn roff_text(line: &str) -> String {
+    let mut s = String::new();
+    for c in line.chars() {
+        match c {
+            '\\' => s.push_str("\\e"),
+            '-' => s.push_str("\\-"),
+            '\'' => s.push_str("\\*(Aq"),
+            '`' => s.push_str("\\(ga"),
+            _ => s.push(c),
+        }
+    }
+    if s.starts_with('.') {
+        s.insert_str(0, "\\&");
+    }
+    s
+}
+
 fn generated() -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     let cmd = Cli::command();
-    let mut page = Vec::new();
-    clap_mangen::Man::new(cmd.clone())
-        .render(&mut page)
-        .unwrap();
-    out.push((PathBuf::from("vmback.1"), page));
+    out.push((PathBuf::from("vmback.1"), man_page(cmd.clone())));
     for sub in cmd.get_subcommands() {
         let name = format!("vmback-{}", sub.get_name());
         let sub = sub
             .clone()
             .name(name.clone())
             .version(env!("CARGO_PKG_VERSION"));
-        let mut page = Vec::new();
-        clap_mangen::Man::new(sub).render(&mut page).unwrap();
-        out.push((PathBuf::from(format!("{name}.1")), page));
+        out.push((PathBuf::from(format!("{name}.1")), man_page(sub)));
     }
     for (shell, file) in [
         (clap_complete::Shell::Bash, "vmback.bash"),

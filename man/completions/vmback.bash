@@ -199,12 +199,20 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__cat)
-            opts="-h --threads --help"
+            opts="-h --vm --at --threads --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --vm)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --at)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --threads)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -217,12 +225,20 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__export)
-            opts="-f -o -h --format --subformat --align --output --force --json --threads --help"
+            opts="-f -o -h --vm --at --format --subformat --align --output --overwrite --force --json --threads --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --vm)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --at)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --format)
                     COMPREPLY=($(compgen -W "raw qcow2 vmdk vhd vhdx" -- "${cur}"))
                     return 0
@@ -323,12 +339,20 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__get)
-            opts="-t -h --target --owner --overwrite --json --threads --help"
+            opts="-t -h --vm --at --target --owner --force --overwrite --json --threads --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --vm)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --at)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --target)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -631,12 +655,20 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__ls)
-            opts="-l -h --long --json --threads --help"
+            opts="-l -h --vm --at --long --json --threads --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --vm)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --at)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --threads)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -649,7 +681,7 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__mount)
-            opts="-h --vm --snapshot --cache-size --allow-other --threads --help"
+            opts="-h --vm --snapshot --at --cache-size --allow-other --threads --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -660,6 +692,10 @@ _vmback() {
                     return 0
                     ;;
                 --snapshot)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --at)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -679,7 +715,7 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__restore)
-            opts="-t -h --target --vm --overwrite --owner --json --threads --help"
+            opts="-t -h --target --vm --at --force --overwrite --owner --json --threads --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -694,6 +730,10 @@ _vmback() {
                     return 0
                     ;;
                 --vm)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --at)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -767,13 +807,17 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__verify)
-            opts="-h --read-data --filesystems --vm --json --threads --help"
+            opts="-h --read-data --filesystems --vm --at --json --threads --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --vm)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --at)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -146,3 +146,33 @@ pub(super) fn too_large(out: &Output, format: &str, size: u64, max: u64, hint: &
 pub(super) fn sector_size(size: u64) -> u64 {
     size.div_ceil(SECTOR) * SECTOR
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::*;
+
+    /// `ExportFormat::subformats` (what `vmback --version` lists) and the combinations
+    /// `from_options` accepts are the same, so the two cannot drift apart.
+    #[test]
+    fn subformats_listed_are_the_ones_accepted() {
+        for &format in ExportFormat::value_variants() {
+            for &sub in Subformat::value_variants() {
+                let opts = ExportOptions {
+                    format,
+                    subformat: Some(sub),
+                    align: false,
+                    force: false,
+                };
+                assert_eq!(
+                    Target::from_options(&opts).is_ok(),
+                    format.subformats().contains(&sub),
+                    "{} {}",
+                    format.name(),
+                    sub.name()
+                );
+            }
+        }
+    }
+}

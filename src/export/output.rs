@@ -37,7 +37,7 @@ impl Output {
             }
             if !force {
                 return Err(Error::Usage(format!(
-                    "{} already exists; pass --force to replace it",
+                    "{} already exists; pass --force (or --overwrite) to replace it",
                     out.display()
                 )));
             }

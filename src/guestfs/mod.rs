@@ -124,11 +124,11 @@ pub trait GuestFs: Send + Sync {
 /// Whether [`open`] has an adapter for a filesystem `kind` (as named by
 /// [`vmback_parsers::fsprobe`]).
 pub fn is_supported(kind: &str) -> bool {
-    matches!(
-        kind,
-        "ext2" | "ext3" | "ext4" | "fat12" | "fat16" | "fat32" | "ntfs"
-    )
+    SUPPORTED.contains(&kind)
 }
+
+/// The filesystems [`open`] reads (as [`vmback_parsers::fsprobe`] names them).
+pub const SUPPORTED: &[&str] = &["ntfs", "ext2", "ext3", "ext4", "fat12", "fat16", "fat32"];
 
 /// Opens the filesystem on `volume`, choosing the adapter by `kind` (as detected by
 /// [`vmback_parsers::fsprobe`]). `name` labels errors (e.g. "disk.vmdk p2").
@@ -139,7 +139,7 @@ pub fn open(volume: Arc<dyn ReadAt>, kind: &str, name: &str) -> Result<Arc<dyn G
         "ntfs" => Ok(Arc::new(ntfs::NtfsFs::open(volume, name)?)),
         other => Err(crate::Error::Unsupported {
             path: name.into(),
-            feature: format!("filesystem {other} (supported: ntfs, ext2/3/4, fat12/16/32)"),
+            feature: format!("filesystem {other} (supported: {})", SUPPORTED.join(", ")),
         }),
     }
 }

@@ -38,6 +38,30 @@ pub enum Format {
 }
 
 impl Format {
+    /// Every container format read, in the order `vmback --version` lists them.
+    pub const ALL: [Format; 5] = [
+        Format::Raw,
+        Format::Vmdk,
+        Format::Vhd,
+        Format::Vhdx,
+        Format::Qcow2,
+    ];
+
+    /// The variants of this format that are read (with their parent chains), as
+    /// `vmback --version` lists them; the format modules' doc comments give details.
+    pub fn read_variants(self) -> &'static str {
+        match self {
+            Format::Raw => "files and block devices",
+            Format::Vmdk => {
+                "monolithicSparse, streamOptimized, monolithicFlat, twoGbMaxExtent \
+                 sparse/flat, ESXi VMFS flat/RDM, vmfsSparse (COWD), SESPARSE"
+            }
+            Format::Vhd => "fixed, dynamic, differencing",
+            Format::Vhdx => "fixed, dynamic, differencing (log replayed in memory)",
+            Format::Qcow2 => "v2 and v3 (deflate/zstd clusters, backing files, external data file)",
+        }
+    }
+
     /// The name `qemu-img` uses for this format.
     pub fn qemu_name(self) -> &'static str {
         match self {

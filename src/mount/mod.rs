@@ -50,6 +50,8 @@ pub struct MountOptions {
     pub vm: Option<String>,
     /// Only this restore point (name, id prefix or `latest`).
     pub snapshot: Option<String>,
+    /// Only the newest restore point at or before this time (`--at`).
+    pub at: Option<jiff::Timestamp>,
     /// Memory budget for decompressed chunks.
     pub cache_bytes: u64,
     /// Let other users in (the guest's owners and modes are then enforced).
@@ -81,13 +83,18 @@ pub fn mount(source: &Path, mountpoint: &Path, opts: &MountOptions) -> Result<()
             .flat_map(|s| s.manifest.disks.iter().map(|d| d.index.clone()))
             .collect();
         _lock = Some(repo::lock::shared(&repo, "mount", indexes)?);
-        let view = RepoView::open(repo.clone(), opts.vm.clone(), opts.snapshot.as_deref())?;
+        let at_id = match opts.at {
+            Some(at) => Some(repo.find_at(at, opts.vm.as_deref())?.id),
+            None => None,
+        };
+        let snapshot = at_id.as_deref().or(opts.snapshot.as_deref());
+        let view = RepoView::open(repo.clone(), opts.vm.clone(), snapshot)?;
         let cache = Arc::new(ChunkCache::new(opts.cache_bytes, repo.config().chunk_size));
         (Top::Repo { view, cache }, None)
     } else {
-        if opts.vm.is_some() || opts.snapshot.is_some() {
+        if opts.vm.is_some() || opts.snapshot.is_some() || opts.at.is_some() {
             return Err(Error::Usage(format!(
-                "{} is an image file: --vm and --snapshot are only for repositories",
+                "{} is an image file: --vm, --snapshot and --at are only for repositories",
                 source.display()
             )));
         }

@@ -26,6 +26,10 @@ use crate::io::ReadAt;
 use client::NbdClient;
 use uri::NbdAddress;
 
+/// What the NBD client does, as `vmback --version` lists it.
+pub const FEATURES: &str = "nbd:// and nbd+unix:// (no TLS), base:allocation, \
+     qemu:dirty-bitmap:NAME for changed-block tracking";
+
 /// How long a TCP connect may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the server may stay silent (or not take our bytes) before an operation

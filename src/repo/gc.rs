@@ -95,7 +95,9 @@ pub fn gc(repo: &Arc<Repository>, grace: Duration, dry_run: bool) -> Result<GcRe
         marked_indexes.extend(m.disks.iter().map(|d| d.index.clone()));
     }
     let mut marked: HashSet<ChunkId> = HashSet::new();
+    let bar = crate::progress::count_bar(marked_indexes.len() as u64, "gc: read indexes");
     for idx in &marked_indexes {
+        bar.inc(1);
         match repo.load_index(idx) {
             Ok(i) => marked.extend(i.entries.iter().flatten().copied()),
             // A lock may name an index its backup never wrote (it crashed); a manifest's
@@ -104,10 +106,14 @@ pub fn gc(repo: &Arc<Repository>, grace: Duration, dry_run: bool) -> Result<GcRe
             Err(e) => return Err(refuse(repo, &e)),
         }
     }
+    bar.finish_and_clear();
     report.referenced_chunks = marked.len();
 
     // Sweep.
-    for obj in repo.backend().list("chunks")? {
+    let chunks = repo.backend().list("chunks")?;
+    let bar = crate::progress::count_bar(chunks.len() as u64, "gc: sweep chunks");
+    for obj in chunks {
+        bar.inc(1);
         let Some(id) = obj.key.rsplit('/').next().and_then(ChunkId::from_hex) else {
             continue;
         };
@@ -116,6 +122,7 @@ pub fn gc(repo: &Arc<Repository>, grace: Duration, dry_run: bool) -> Result<GcRe
         }
         sweep(repo, &obj, cutoff, dry_run, &mut report, true)?;
     }
+    bar.finish_and_clear();
     for obj in repo.backend().list("indexes")? {
         let name = obj.key.trim_start_matches("indexes/");
         if marked_indexes.contains(name) {

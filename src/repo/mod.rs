@@ -35,6 +35,8 @@ use manifest::{Manifest, Snapshot, MAX_MANIFEST_BYTES};
 
 use crate::error::{Error, Result};
 
+use jiff::Timestamp;
+
 /// An open repository.
 pub struct Repository {
     backend: Box<dyn Backend>,
@@ -344,6 +346,92 @@ impl Repository {
         )))
     }
 
+    /// The names of the VMs that have restore points.
+    pub fn vm_names(&self) -> Result<std::collections::BTreeSet<String>> {
+        Ok(self
+            .snapshots()?
+            .into_iter()
+            .map(|s| s.manifest.vm.name)
+            .collect())
+    }
+
+    /// Finds the restore point of `--at TIME`: the newest whose capture started at or
+    /// before `at` (ties: the higher id). Without `vm` the repository must hold one VM.
+    pub fn find_at(&self, at: Timestamp, vm: Option<&str>) -> Result<Snapshot> {
+        let all: Vec<Snapshot> = self
+            .snapshots()?
+            .into_iter()
+            .filter(|s| vm.is_none_or(|v| s.manifest.vm.name == v))
+            .collect();
+        if vm.is_none() {
+            let vms: std::collections::BTreeSet<&str> =
+                all.iter().map(|s| s.manifest.vm.name.as_str()).collect();
+            if vms.len() > 1 {
+                return Err(Error::Usage(format!(
+                    "--at is ambiguous: the repository holds {} VMs ({}); name one with --vm",
+                    vms.len(),
+                    vms.into_iter().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        let mut timed = Vec::with_capacity(all.len());
+        for s in all {
+            let t = s.manifest.time.parse::<Timestamp>().map_err(|e| {
+                self.damaged(
+                    &format!("snapshots/{}", s.id),
+                    format!("time {:?} is not RFC 3339: {e}", s.manifest.time),
+                )
+            })?;
+            timed.push((t, s));
+        }
+        timed.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
+        let of_vm = vm.map(|v| format!(" of VM {v}")).unwrap_or_default();
+        let Some((oldest_t, oldest)) = timed.first() else {
+            return Err(Error::Repository {
+                location: self.location(),
+                reason: format!("no restore point{of_vm} yet"),
+            });
+        };
+        let Some((_, found)) = timed.iter().rev().find(|(t, _)| *t <= at) else {
+            return Err(Error::Repository {
+                location: self.location(),
+                reason: format!(
+                    "no restore point{of_vm} at or before {}: the oldest is {}/{} ({}, id {}); \
+                     give a later --at",
+                    local_time(at),
+                    oldest.manifest.vm.name,
+                    oldest.manifest.name,
+                    local_time(*oldest_t),
+                    oldest.short_id()
+                ),
+            });
+        };
+        Ok(found.clone())
+    }
+
+    /// [`Repository::resolve_path`], or with `--at` (`at`): the path leaves the restore
+    /// point out (`[<vm>/]<disk>/…`; `<vm>/` is left out too with `vm` or in a
+    /// repository of one VM) and `at` picks it, as [`Repository::find_at`].
+    pub fn resolve_path_at<'p>(
+        &self,
+        path: &'p str,
+        vm: Option<&str>,
+        at: Option<Timestamp>,
+    ) -> Result<(Snapshot, Vec<&'p str>)> {
+        let Some(at) = at else {
+            return self.resolve_path(path, vm);
+        };
+        let mut parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+        let named = match parts.first() {
+            Some(first) if vm.is_none_or(|v| v == *first) && self.vm_names()?.contains(*first) => {
+                Some(parts.remove(0))
+            }
+            _ => None,
+        };
+        let snap = self.find_at(at, named.or(vm))?;
+        Ok((snap, parts))
+    }
+
     /// Resolves the start of a path in the path grammar to a restore point:
     /// `<vm>/<restore point>/…` (restore point by name, id prefix or `latest`) or
     /// `<restore point id or prefix>/…` or `latest/…` (with `vm` when given).
@@ -412,6 +500,38 @@ impl Repository {
     }
 }
 
+/// Parses the time of `--at`: `2026-11-20 03:00`, `2026-11-20T03:00:00` (local time
+/// zone) or RFC 3339 with `Z` or an offset (`2026-11-20T03:00:00+01:00`). A date
+/// alone is refused: whether it means the start or the end of the day is a guess.
+pub fn parse_at(text: &str) -> std::result::Result<Timestamp, String> {
+    let t = text.trim();
+    if let Ok(ts) = t.parse::<Timestamp>() {
+        return Ok(ts);
+    }
+    if t.parse::<jiff::civil::Date>().is_ok() && !t.contains([' ', 'T', 't', ':']) {
+        return Err(format!(
+            "{text:?} is a date without a time: say which time of that day, e.g. \
+             \"{t} 23:59\" for its last restore point"
+        ));
+    }
+    let dt = t.parse::<jiff::civil::DateTime>().map_err(|e| {
+        format!(
+            "{text:?}: expected a time such as \"2026-11-20 03:00\" (local time) or \
+             2026-11-20T03:00:00Z ({e})"
+        )
+    })?;
+    dt.to_zoned(jiff::tz::TimeZone::system())
+        .map(|z| z.timestamp())
+        .map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// `at` in the local time zone, for messages: `2026-11-20 03:00:00 +01:00`.
+fn local_time(at: Timestamp) -> String {
+    at.to_zoned(jiff::tz::TimeZone::system())
+        .strftime("%Y-%m-%d %H:%M:%S %:z")
+        .to_string()
+}
+
 /// Opens a repository for sharing between threads.
 pub fn open_shared(path: &Path) -> Result<Arc<Repository>> {
     Repository::open(path).map(Arc::new)
@@ -441,4 +561,133 @@ fn decompress_capped(data: &[u8], cap: u64) -> std::result::Result<Vec<u8>, Stri
         return Err(format!("decompresses to more than {cap} bytes"));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::manifest::VmIdentity;
+
+    fn manifest(vm: &str, time: &str) -> Manifest {
+        Manifest {
+            version: manifest::MANIFEST_VERSION,
+            vm: VmIdentity {
+                name: vm.into(),
+                uuid: None,
+            },
+            host: None,
+            datastores: vec![],
+            tags: vec![],
+            time: time.into(),
+            end_time: time.into(),
+            name: time.replace(':', ""),
+            parent: None,
+            proxy: None,
+            chunk_size: 1 << 20,
+            disks: vec![],
+            warnings: vec![],
+            program: "test".into(),
+        }
+    }
+
+    /// A repository with restore points of `web01` on three nights and one of `db1`.
+    fn repo() -> (tempfile::TempDir, Repository) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repo");
+        let repo = Repository::init(&path, RepoConfig::new(1 << 20, 3).unwrap()).unwrap();
+        for (vm, t) in [
+            ("web01", "2026-11-19T03:00:00Z"),
+            ("web01", "2026-11-20T03:00:00Z"),
+            ("web01", "2026-11-21T03:00:00Z"),
+            ("db1", "2026-11-20T01:00:00Z"),
+        ] {
+            repo.save_manifest(&manifest(vm, t)).unwrap();
+        }
+        (dir, repo)
+    }
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn at_picks_the_newest_at_or_before() {
+        let (_d, r) = repo();
+        let pick = |t: &str| r.find_at(at(t), Some("web01")).unwrap().manifest.time;
+        assert_eq!(pick("2026-11-20T03:00:00Z"), "2026-11-20T03:00:00Z");
+        assert_eq!(pick("2026-11-20T02:59:59Z"), "2026-11-19T03:00:00Z");
+        assert_eq!(pick("2030-01-01T00:00:00Z"), "2026-11-21T03:00:00Z");
+        let db = r.find_at(at("2026-11-25T00:00:00Z"), Some("db1")).unwrap();
+        assert_eq!(db.manifest.vm.name, "db1");
+    }
+
+    #[test]
+    fn at_without_vm_is_ambiguous_across_vms() {
+        let (_d, r) = repo();
+        let e = r.find_at(at("2026-11-21T00:00:00Z"), None).unwrap_err();
+        assert!(matches!(e, Error::Usage(_)), "{e}");
+        let e = e.to_string();
+        assert!(e.contains("db1, web01") && e.contains("--vm"), "{e}");
+    }
+
+    #[test]
+    fn at_before_everything_names_the_oldest() {
+        let (_d, r) = repo();
+        let e = r
+            .find_at(at("2026-11-01T00:00:00Z"), Some("web01"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("web01/2026-11-19T030000Z"), "{e}");
+        assert!(e.contains("at or before"), "{e}");
+        let e = r
+            .find_at(at("2026-11-01T00:00:00Z"), Some("nosuchvm"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no restore point of VM nosuchvm"), "{e}");
+    }
+
+    #[test]
+    fn at_in_paths_leaves_the_restore_point_out() {
+        let (_d, r) = repo();
+        let t = Some(at("2026-11-20T12:00:00Z"));
+        let (s, rest) = r.resolve_path_at("web01/disk0/p1/etc", None, t).unwrap();
+        assert_eq!(s.manifest.time, "2026-11-20T03:00:00Z");
+        assert_eq!(rest, ["disk0", "p1", "etc"]);
+        let (s, rest) = r.resolve_path_at("disk0/p1", Some("db1"), t).unwrap();
+        assert_eq!(s.manifest.vm.name, "db1");
+        assert_eq!(rest, ["disk0", "p1"]);
+        let (s, rest) = r.resolve_path_at("web01", Some("web01"), t).unwrap();
+        assert_eq!((s.manifest.vm.name.as_str(), rest.len()), ("web01", 0));
+        assert!(matches!(
+            r.resolve_path_at("disk0", None, t),
+            Err(Error::Usage(_))
+        ));
+        // Without --at, the path grammar as before.
+        let (s, rest) = r.resolve_path_at("web01/latest/disk0", None, None).unwrap();
+        assert_eq!(s.manifest.time, "2026-11-21T03:00:00Z");
+        assert_eq!(rest, ["disk0"]);
+    }
+
+    #[test]
+    fn at_parses_local_and_offset_times() {
+        assert_eq!(
+            parse_at("2026-11-20T03:00:00Z").unwrap(),
+            at("2026-11-20T03:00:00Z")
+        );
+        assert_eq!(
+            parse_at("2026-11-20T03:00+01:00").unwrap(),
+            at("2026-11-20T02:00:00Z")
+        );
+        // Local time: whatever the zone, the same civil time as a local timestamp.
+        let local = jiff::civil::date(2026, 11, 20)
+            .at(3, 0, 0, 0)
+            .to_zoned(jiff::tz::TimeZone::system())
+            .unwrap()
+            .timestamp();
+        assert_eq!(parse_at("2026-11-20 03:00").unwrap(), local);
+        assert_eq!(parse_at("2026-11-20T03:00:00").unwrap(), local);
+        let e = parse_at("2026-11-20").unwrap_err();
+        assert!(e.contains("23:59"), "{e}");
+        assert!(parse_at("yesterday").is_err());
+    }
 }
