@@ -243,6 +243,18 @@ mod tests {
     }
 
     #[test]
+    fn the_example_job_file_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/example-job.toml");
+        let l = Located {
+            text: std::fs::read_to_string(&path).unwrap(),
+            path,
+        };
+        let job = parse_job(&l).unwrap();
+        assert_eq!(job.vms.len(), 3);
+        assert_eq!(job.vms[1].disks.len(), 2);
+    }
+
+    #[test]
     fn line_col() {
         let l = located("a\nbc\n\nd");
         assert_eq!(l.line_col(0), (1, 1));
