@@ -667,3 +667,79 @@ fn checker_sees_an_idle_slot() {
         ("b", "h2", &["ds2"], 0, 1000, 2000),
     ]));
 }
+
+/// A job where nothing fails: the text report, exit 0, retention and gc after the
+/// run, and one read-rate budget shared by the backups running at once.
+#[test]
+fn shared_read_limit_retention_and_gc_after() {
+    let tmp = tempfile::Builder::new()
+        .prefix("vmback-jobs")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dir = tmp.path();
+    run_ok(vmback().arg("init").arg(dir.join("repo")));
+    const RATE: u64 = 8 * MIB;
+    let mut text = format!(
+        "repository = \"repo\"\n[limits]\nmax_concurrent = 2\nlimit_read = \"{RATE}\"\n[defaults]\nkeep = {{ last = 1 }}\ngc_after = true\ngc_grace = \"0s\"\n"
+    );
+    for (i, name) in ["a", "b"].iter().enumerate() {
+        make_seeded_raw(&dir.join(format!("{name}.raw")), 16 * MIB, 40 + i as u64);
+        text += &format!(
+            "[[vm]]\nname = \"{name}\"\nhost = \"h{i}\"\n[[vm.disk]]\nsource = \"{name}.raw\"\ntracking = \"full\"\n"
+        );
+    }
+    std::fs::write(dir.join("job.toml"), text).unwrap();
+    let mut reports = Vec::new();
+    for _ in 0..2 {
+        let out = run_ok(
+            vmback()
+                .current_dir(dir)
+                .args(["run", "job.toml", "--json"]),
+        );
+        reports.push(serde_json::from_slice::<Value>(&out.stdout).unwrap());
+    }
+    let r = &reports[1];
+    assert_eq!(r["failed"], 0);
+    let removed: Vec<&str> = r["forgotten"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["vm"].as_str().unwrap())
+        .collect();
+    assert_eq!(removed, ["a", "b"]);
+    // gc ran after the retention (identical disks: nothing to reclaim).
+    assert_eq!(r["gc"]["restore_points"], 2, "{:#}", r["gc"]);
+    // Both backups ran at once and shared one budget: together they took at least
+    // the time their bytes need at the rate (separate budgets would take half).
+    let all = attempts(r);
+    assert_eq!(all.len(), 2);
+    assert!(
+        all[0].start < all[1].end && all[1].start < all[0].end,
+        "{all:?}"
+    );
+    let read: u64 = r["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["bytes_read"].as_u64().unwrap())
+        .sum();
+    let span =
+        all.iter().map(|a| a.end).max().unwrap() - all.iter().map(|a| a.start).min().unwrap();
+    let need = read as f64 / RATE as f64 * 1000.0;
+    assert!(
+        span as f64 >= need * 0.9,
+        "{read} bytes in {span} ms at {RATE} B/s (need {need:.0} ms)"
+    );
+    // The text report, exit 0, and a clean repository.
+    let out = run_ok(vmback().current_dir(dir).args(["run", "job.toml"]));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("vm "), "{table}");
+    assert!(table.contains("2 of 2 VMs backed up, 0 failed"), "{table}");
+    let out = run_ok(
+        vmback()
+            .arg("verify")
+            .arg(dir.join("repo"))
+            .arg("--read-data"),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok:"));
+}

@@ -45,6 +45,8 @@ pub struct AttemptReport {
     pub attempt: u32,
     /// 0-based slot (below max_concurrent).
     pub slot: usize,
+    pub host: Option<String>,
+    pub datastores: Vec<String>,
     /// When the VM became ready for this attempt (job start, or end of the backoff).
     pub ready: Moment,
     pub start: Moment,

@@ -240,6 +240,8 @@ pub fn run_job(job: &Job, progress: bool) -> Result<JobReport> {
             attempts[task].push(AttemptReport {
                 attempt: done.start.attempt,
                 slot: done.start.slot,
+                host: vm.host.clone(),
+                datastores: vm.datastores.clone(),
                 ready: Moment::of(done.ready),
                 start: Moment::of(done.begin),
                 end: Moment::of(done.end),
