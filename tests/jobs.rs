@@ -309,6 +309,44 @@ fn check_schedule(report: &Value) {
     );
 }
 
+/// Staggered fulls: two predicted fulls overlap on one host only when the later one
+/// says it started beside a full because nothing else could start.
+fn check_fulls_staggered(report: &Value) {
+    let mut fulls = Vec::new();
+    for v in report["vms"].as_array().unwrap() {
+        if v["expected"]["full"] != true {
+            continue;
+        }
+        for a in v["attempts"].as_array().unwrap() {
+            fulls.push((
+                v["vm"].as_str().unwrap(),
+                v["host"].as_str().unwrap(),
+                a["start"]["unix_ms"].as_i64().unwrap(),
+                a["end"]["unix_ms"].as_i64().unwrap(),
+                a["beside_full"].as_bool().unwrap(),
+            ));
+        }
+    }
+    for (i, a) in fulls.iter().enumerate() {
+        for b in &fulls[i + 1..] {
+            let overlap = a.0 != b.0 && a.1 == b.1 && a.2 < b.3 && b.2 < a.3;
+            if overlap {
+                // The later start is flagged (same millisecond: either).
+                let flagged = match a.2.cmp(&b.2) {
+                    std::cmp::Ordering::Less => b.4,
+                    std::cmp::Ordering::Greater => a.4,
+                    std::cmp::Ordering::Equal => a.4 || b.4,
+                };
+                assert!(
+                    flagged,
+                    "fulls {} and {} overlap on {} unflagged",
+                    a.0, b.0, a.1
+                );
+            }
+        }
+    }
+}
+
 fn vm<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["vms"]
         .as_array()
@@ -400,6 +438,7 @@ fn twelve_vms_three_hosts_two_datastores() {
     assert!(vms.iter().all(|v| expected_full(&plan, v.name)));
     let r1 = run_job(dir);
     check_schedule(&r1);
+    check_fulls_staggered(&r1);
     assert_eq!(
         (r1["succeeded"].as_u64(), r1["failed"].as_u64()),
         (Some(11), Some(1))
@@ -501,6 +540,7 @@ fn twelve_vms_three_hosts_two_datastores() {
     assert_eq!(fulls, ["raw02", "fail01", "full01"]);
     let r2 = run_job(dir);
     check_schedule(&r2);
+    check_fulls_staggered(&r2);
     assert_eq!(
         (r2["succeeded"].as_u64(), r2["failed"].as_u64()),
         (Some(11), Some(1))
