@@ -82,6 +82,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
         limiter: limit_read.map(|r| Arc::new(RateLimiter::new(r))),
         full_reason: None,
         extra_env: Vec::new(),
+        pool: None,
         progress: !json,
     };
     let repo = vmback::repo::open_shared(&repo)?;

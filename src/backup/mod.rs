@@ -55,6 +55,8 @@ pub struct BackupOptions {
     pub full_reason: Option<String>,
     /// More environment for the hooks (e.g. `VMBACK_JOB`, `VMBACK_ATTEMPT`).
     pub extra_env: Vec<(String, String)>,
+    /// Worker threads for this backup's chunks (`None`: the global pool).
+    pub pool: Option<Arc<rayon::ThreadPool>>,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
 }
@@ -298,6 +300,7 @@ fn capture_all(
             known: &known,
             damaged: &damaged,
             progress: &bar,
+            pool: opts.pool.as_deref(),
         };
         let (index, mut stats) = pipeline::capture_disk(
             &cap,

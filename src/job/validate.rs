@@ -49,7 +49,7 @@ pub struct Limits {
     pub max_per_datastore: Option<usize>,
     /// Bytes per second, shared by all running backups.
     pub limit_read: Option<u64>,
-    /// Worker threads per backup (`None`: one per core).
+    /// Worker threads per backup (`None`: the running backups share the global pool).
     pub threads: Option<usize>,
 }
 
