@@ -375,7 +375,6 @@ Example job file:
   max_per_host = 2
   max_per_datastore = 2
   limit_read = \"200MiB/s\"
-  threads = 2
   [defaults]
   retries = 2
   retry_backoff = \"30s\"
