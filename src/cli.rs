@@ -213,6 +213,20 @@ pub enum Command {
     /// Back up all disks of one VM into a new restore point.
     #[command(after_help = BACKUP_HELP)]
     Backup(Box<BackupArgs>),
+    /// Back up many VMs from a job file: limits per host and per datastore,
+    /// staggered fulls, retries, a report, retention.
+    #[command(after_help = RUN_HELP)]
+    Run {
+        /// The job file (TOML; see the example below and `fixtures/example-job.toml`).
+        jobfile: PathBuf,
+        /// Print the plan (order, slot, full or incremental per VM and why); back up
+        /// nothing and write nothing to the repository (not even a lock).
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report (or the plan) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the restore points of a repository.
     #[command(
         after_help = "Examples:\n  vmback snapshots /srv/vmback\n  vmback snapshots /srv/vmback --vm web01 --json"
@@ -397,6 +411,56 @@ Examples:
   vmback backup /srv/vmback --vm app --pre-hook 'virsh domfsfreeze app' \\
       --post-hook 'virsh domfsthaw app' --limit-read 200MiB/s app.qcow2";
 
+const RUN_HELP: &str = "\
+The job file names the repository, limits, defaults and the VMs. It is checked
+completely before anything runs: an unknown key, a missing source, a limit of 0 or
+a duplicate VM name is an error naming the file, line and key. Relative paths are
+taken from the job file's directory.
+
+At most max_concurrent backups run at once, at most max_per_host on one host and
+max_per_datastore on one datastore (a VM whose disks span datastores counts against
+each); a slot never stays idle while a VM that fits waits. A VM whose next backup is
+a full (no restore point yet, full_every reached, change tracking unusable) does not
+start beside another full on its host unless nothing else can start. A failed VM is
+retried after its backoff without holding a slot; the others go on. limit_read is
+one budget shared by all running backups. After the backups each VM's keep policy
+is applied; gc_after = true then runs gc if nothing failed.
+
+Hooks get VMBACK_JOB (the job file), VMBACK_ATTEMPT (1, 2, ...) besides those of
+`vmback backup` (VMBACK_PHASE, VMBACK_VM, VMBACK_VM_UUID, VMBACK_HOST,
+VMBACK_DATASTORES, VMBACK_REPO, VMBACK_SOURCES, VMBACK_STATUS).
+
+The report (per VM: result, attempts, method, bytes read and new, duration, error)
+goes to stdout; --json adds every attempt's ready, start and end times. Exit code 1
+when any VM failed after its retries.
+
+Example job file:
+  repository = \"/srv/vmback\"
+  [limits]
+  max_concurrent = 4
+  max_per_host = 2
+  max_per_datastore = 2
+  limit_read = \"200MiB/s\"
+  [defaults]
+  retries = 2
+  retry_backoff = \"30s\"
+  full_every = 7
+  keep = { last = 7, daily = 14, weekly = 8 }
+  pre_hook = \"virsh domfsfreeze $VMBACK_VM\"
+  post_hook = \"virsh domfsthaw $VMBACK_VM\"
+  [[vm]]
+  name = \"web01\"
+  host = \"kvm1\"
+  datastores = [\"ds1\"]
+  [[vm.disk]]
+  source = \"/var/lib/libvirt/images/web01.qcow2\"
+  tracking = \"auto\"   # auto | differencing | dirty-bitmap | changed-extents | full
+
+Examples:
+  vmback run nightly.toml --dry-run
+  vmback run nightly.toml
+  vmback run nightly.toml --json > report.json";
+
 const MOUNT_HELP: &str = "\
 A repository shows the path grammar of every vmback command:
   <vm>/<restore point>/disk0.img        the raw virtual disk (qemu-img, hypervisors)
@@ -503,22 +567,27 @@ pub struct BackupArgs {
     pub json: bool,
 }
 
-/// Parses durations: `90s`, `30m`, `2h`, `1d`, or seconds.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+/// Parses durations: `500ms`, `90s`, `30m`, `2h`, `1d`, or seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let t = s.trim();
     let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{s:?}: expected a duration such as 30m, 2h, 1d"))?;
-    let mult = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        other => return Err(format!("{s:?}: unknown unit {other:?} (s, m, h, d)")),
+    let (mult, millis) = match unit.trim() {
+        "ms" => (1, true),
+        "" | "s" => (1, false),
+        "m" => (60, false),
+        "h" => (3600, false),
+        "d" => (86400, false),
+        other => return Err(format!("{s:?}: unknown unit {other:?} (ms, s, m, h, d)")),
     };
-    let secs = n
+    let v = n
         .checked_mul(mult)
         .ok_or_else(|| format!("{s:?}: out of range"))?;
-    Ok(std::time::Duration::from_secs(secs))
+    Ok(if millis {
+        std::time::Duration::from_millis(v)
+    } else {
+        std::time::Duration::from_secs(v)
+    })
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use vmback::backup::cbt::Tracking;
+use vmback::backup::ratelimit::RateLimiter;
 use vmback::backup::{BackupOptions, BackupReport, SourceSpec};
 use vmback::browse::DiskView;
 use vmback::cli::BackupArgs;
@@ -77,7 +78,10 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
         pre_hook,
         post_hook,
         hook_timeout,
-        limit_read,
+        limiter: limit_read.map(|r| Arc::new(RateLimiter::new(r))),
+        full_reason: None,
+        extra_env: Vec::new(),
+        pool: None,
         progress: !json,
     };
     let repo = vmback::repo::open_shared(&repo)?;
@@ -495,4 +499,29 @@ pub fn forget(
         write!(stdout(), "{}", vmback::forget::render(&decisions, dry_run))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `vmback run JOBFILE`.
+pub fn run_job(file: &Path, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let job = vmback::job::load_job(file)?;
+    if dry_run {
+        let plan = vmback::job::plan_job(&job)?;
+        if json {
+            writeln!(stdout(), "{}", serde_json::to_string_pretty(&plan)?)?;
+        } else {
+            write!(stdout(), "{}", vmback::job::render_plan(&plan))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report = vmback::job::run_job(&job, !json)?;
+    if json {
+        writeln!(stdout(), "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        write!(stdout(), "{}", vmback::job::render_report(&report))?;
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

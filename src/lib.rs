@@ -16,6 +16,7 @@ pub mod guestfs;
 pub mod image;
 pub mod inspect;
 pub mod io;
+pub mod job;
 pub mod location;
 pub mod ls;
 pub mod mount;

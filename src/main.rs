@@ -165,6 +165,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Backup(args) => return commands::backup(*args),
+        Command::Run {
+            jobfile,
+            dry_run,
+            json,
+        } => return commands::run_job(&jobfile, dry_run, json),
         Command::Snapshots { repo, vm, json } => {
             let repo = repo::Repository::open(&repo)?;
             let list: Vec<_> = repo

@@ -52,6 +52,9 @@ _vmback() {
             vmback,restore)
                 cmd="vmback__subcmd__restore"
                 ;;
+            vmback,run)
+                cmd="vmback__subcmd__run"
+                ;;
             vmback,snapshots)
                 cmd="vmback__subcmd__snapshots"
                 ;;
@@ -100,6 +103,9 @@ _vmback() {
             vmback__subcmd__help,restore)
                 cmd="vmback__subcmd__help__subcmd__restore"
                 ;;
+            vmback__subcmd__help,run)
+                cmd="vmback__subcmd__help__subcmd__run"
+                ;;
             vmback__subcmd__help,snapshots)
                 cmd="vmback__subcmd__help__subcmd__snapshots"
                 ;;
@@ -119,7 +125,7 @@ _vmback() {
 
     case "${cmd}" in
         vmback)
-            opts="-h -V --threads --help --version inspect ls cat get restore export init backup snapshots forget gc unlock verify mount umount help"
+            opts="-h -V --threads --help --version inspect ls cat get restore export init backup run snapshots forget gc unlock verify mount umount help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -373,7 +379,7 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__help)
-            opts="inspect ls cat get restore export init backup snapshots forget gc unlock verify mount umount help"
+            opts="inspect ls cat get restore export init backup run snapshots forget gc unlock verify mount umount help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -541,6 +547,20 @@ _vmback() {
             return 0
             ;;
         vmback__subcmd__help__subcmd__restore)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmback__subcmd__help__subcmd__run)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -737,6 +757,24 @@ _vmback() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmback__subcmd__run)
+            opts="-h --dry-run --json --threads --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --threads)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

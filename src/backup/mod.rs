@@ -47,8 +47,16 @@ pub struct BackupOptions {
     pub pre_hook: Option<String>,
     pub post_hook: Option<String>,
     pub hook_timeout: Duration,
-    /// Bytes per second read from the sources, all disks together.
-    pub limit_read: Option<u64>,
+    /// Limit on the bytes per second read from the sources, all disks together; one
+    /// limiter can be shared by several backups running at once (`vmback run`).
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// Read every disk completely without building on the previous restore point
+    /// (a new full), for this reason (kept in each disk's change-tracking record).
+    pub full_reason: Option<String>,
+    /// More environment for the hooks (e.g. `VMBACK_JOB`, `VMBACK_ATTEMPT`).
+    pub extra_env: Vec<(String, String)>,
+    /// Worker threads for this backup's chunks (`None`: the global pool).
+    pub pool: Option<Arc<rayon::ThreadPool>>,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
 }
@@ -95,6 +103,9 @@ pub fn backup(repo: &Arc<Repository>, opts: &BackupOptions) -> Result<BackupRepo
         .rev()
         .find(|s| same_vm(&s.manifest.vm, &opts.vm))
         .cloned();
+    if opts.full_reason.is_some() {
+        parent = None;
+    }
     // The lock tells a concurrent gc when we started (it keeps every chunk younger
     // than that) and which indexes we build on (it keeps those and their chunks).
     let parent_indexes = parent
@@ -135,6 +146,7 @@ pub fn backup(repo: &Arc<Repository>, opts: &BackupOptions) -> Result<BackupRepo
                 .join("\n"),
         ),
     ];
+    env.extend(opts.extra_env.iter().cloned());
 
     let pre = match &opts.pre_hook {
         Some(cmd) => {
@@ -167,7 +179,13 @@ pub fn backup(repo: &Arc<Repository>, opts: &BackupOptions) -> Result<BackupRepo
             }
         }
     }
-    let disks = captured?;
+    let mut disks = captured?;
+    if let Some(why) = &opts.full_reason {
+        for d in &mut disks {
+            d.change_tracking.method = "full".into();
+            d.change_tracking.detail = Some(format!("full read forced: {why}"));
+        }
+    }
 
     let name = unique_name(&history, &opts.vm, started);
     let totals = sum_stats(disks.iter().map(|d| &d.stats), clock.elapsed());
@@ -212,7 +230,7 @@ pub fn backup(repo: &Arc<Repository>, opts: &BackupOptions) -> Result<BackupRepo
 
 /// A restore point belongs to the same VM when the names match and, where both
 /// carry a UUID, the UUIDs too.
-fn same_vm(a: &VmIdentity, b: &VmIdentity) -> bool {
+pub fn same_vm(a: &VmIdentity, b: &VmIdentity) -> bool {
     a.name == b.name
         && match (&a.uuid, &b.uuid) {
             (Some(x), Some(y)) => x.eq_ignore_ascii_case(y),
@@ -245,7 +263,6 @@ fn capture_all(
     };
     let known = RwLock::new(HashSet::new());
     let damaged = repo.damaged_chunks()?;
-    let limiter = opts.limit_read.map(RateLimiter::new);
     let chunk_size = repo.config().chunk_size;
     let mut records = Vec::new();
     for (n, (src, spec)) in sources.iter().zip(&opts.sources).enumerate() {
@@ -279,10 +296,11 @@ fn capture_all(
         let layers = src.layer_records()?;
         let cap = Capture {
             repo,
-            limiter: limiter.as_ref(),
+            limiter: opts.limiter.as_deref(),
             known: &known,
             damaged: &damaged,
             progress: &bar,
+            pool: opts.pool.as_deref(),
         };
         let (index, mut stats) = pipeline::capture_disk(
             &cap,

@@ -28,6 +28,9 @@ pub struct Capture<'a> {
     /// Chunks verify found damaged: re-read and stored again whenever met.
     pub damaged: &'a HashSet<ChunkId>,
     pub progress: &'a ProgressBar,
+    /// Worker threads for the chunks (`None`: the global pool). The caller stays
+    /// outside the pool, as with the global pool.
+    pub pool: Option<&'a rayon::ThreadPool>,
 }
 
 /// What happened to one chunk.
@@ -52,8 +55,9 @@ enum Outcome {
 /// only bounds the outcomes kept for the index. It is wide because every step ends
 /// with a barrier where all workers wait for the slowest chunk of the step (a cold
 /// read, an incompressible chunk beside a compressible one).
-fn window() -> usize {
-    (rayon::current_num_threads() * 32).max(64)
+fn window(pool: Option<&rayon::ThreadPool>) -> usize {
+    let threads = pool.map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
+    (threads * 32).max(64)
 }
 
 /// Captures `disk` into the repository. `parent` and `changed` (one flag per chunk)
@@ -76,22 +80,30 @@ pub fn capture_disk(
     let n = index.entries.len();
     let mut first = 0;
     while first < n {
-        let last = (first + window()).min(n);
-        let outcomes: Vec<Result<Outcome>> = (first..last)
-            .into_par_iter()
-            .map(|i| {
-                let unchanged = changed.is_some_and(|c| !c.get(i).copied().unwrap_or(true));
-                let parent_id = parent.and_then(|p| p.entries.get(i).copied().flatten());
-                // A chunk verify found damaged is read again even if unchanged.
-                let parent_damaged = parent_id.is_some_and(|id| cap.damaged.contains(&id));
-                let outcome = match parent {
-                    Some(_) if unchanged && !parent_damaged => Ok(Outcome::Unchanged(parent_id)),
-                    _ => capture_chunk(cap, disk, name, &index, i),
-                };
-                cap.progress.inc(index.chunk_len(i) as u64);
-                outcome
-            })
-            .collect();
+        let last = (first + window(cap.pool)).min(n);
+        let step = || -> Vec<Result<Outcome>> {
+            (first..last)
+                .into_par_iter()
+                .map(|i| {
+                    let unchanged = changed.is_some_and(|c| !c.get(i).copied().unwrap_or(true));
+                    let parent_id = parent.and_then(|p| p.entries.get(i).copied().flatten());
+                    // A chunk verify found damaged is read again even if unchanged.
+                    let parent_damaged = parent_id.is_some_and(|id| cap.damaged.contains(&id));
+                    let outcome = match parent {
+                        Some(_) if unchanged && !parent_damaged => {
+                            Ok(Outcome::Unchanged(parent_id))
+                        }
+                        _ => capture_chunk(cap, disk, name, &index, i),
+                    };
+                    cap.progress.inc(index.chunk_len(i) as u64);
+                    outcome
+                })
+                .collect()
+        };
+        let outcomes = match cap.pool {
+            Some(pool) => pool.install(step),
+            None => step(),
+        };
         for (i, outcome) in (first..last).zip(outcomes) {
             index.entries[i] = match outcome? {
                 Outcome::Unchanged(id) => {

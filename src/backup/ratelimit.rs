@@ -4,6 +4,9 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Longest idle time a limiter remembers as credit for later reads.
+pub const MAX_BURST: Duration = Duration::from_secs(1);
+
 /// A shared read-rate limit.
 #[derive(Debug)]
 pub struct RateLimiter {
@@ -21,9 +24,16 @@ impl RateLimiter {
     }
 
     /// Blocks until reading `bytes` more keeps the average at or below the rate.
+    /// Idle time earns at most [`MAX_BURST`] of credit: a limiter shared by the
+    /// backups of a long job must not let a burst through after a quiet spell.
     pub fn acquire(&self, bytes: u64) {
         let due = {
             let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let budget_end = s.0 + Duration::from_secs_f64(s.1 as f64 / self.bytes_per_sec as f64);
+            if budget_end + MAX_BURST < now {
+                *s = (now.checked_sub(MAX_BURST).unwrap_or(now), 0);
+            }
             s.1 += bytes;
             s.0 + Duration::from_secs_f64(s.1 as f64 / self.bytes_per_sec as f64)
         };
@@ -92,5 +102,22 @@ mod tests {
         }
         // 5 MiB at 10 MiB/s: about half a second.
         assert!(t.elapsed() >= Duration::from_millis(400));
+    }
+
+    #[test]
+    fn idle_time_earns_at_most_one_second() {
+        let l = RateLimiter::new(10 << 20);
+        l.acquire(1 << 20);
+        std::thread::sleep(Duration::from_millis(1500));
+        let t = Instant::now();
+        // 1 s of credit (10 MiB) passes at once; the next 5 MiB take half a second.
+        for _ in 0..15 {
+            l.acquire(1 << 20);
+        }
+        assert!(
+            t.elapsed() >= Duration::from_millis(400),
+            "{:?}",
+            t.elapsed()
+        );
     }
 }

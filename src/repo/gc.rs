@@ -41,7 +41,7 @@ use crate::error::{Error, Result};
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 
 /// What gc did (or would do, with `--dry-run`).
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct GcReport {
     pub dry_run: bool,
     pub restore_points: usize,
