@@ -866,21 +866,6 @@ fn du(path: &Path) -> u64 {
         .expect("du -sb output")
 }
 
-fn tool_version(cmd: &str, arg: &str) -> String {
-    Command::new(cmd)
-        .arg(arg)
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
 fn print_header(b: &Bench, f: &Facts, reps: usize) {
     println!(
         "vmback {} vs {} vs {}; {reps} runs each (median / best seconds), {} cache; {} cores, nice {}, load average at start {}",
@@ -928,24 +913,6 @@ fn print_header(b: &Bench, f: &Facts, reps: usize) {
     );
 }
 
-/// The 1, 5 and 15 minute load averages.
-fn load_average() -> String {
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    load.split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// This process's nice value (field 19 of /proc/self/stat).
-fn nice() -> String {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(16))
-        .unwrap_or("?")
-        .to_string()
-}
-
 fn mib(v: Option<u64>) -> String {
     v.map_or("-".into(), |v| format!("{:.1}", v as f64 / MIB as f64))
 }
@@ -955,14 +922,6 @@ fn check_str(c: Option<bool>) -> &'static str {
         Some(true) => "ok",
         Some(false) => "FAILED",
         None => "",
-    }
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "holds"
-    } else {
-        "MISSED"
     }
 }
 

@@ -1279,26 +1279,6 @@ fn evict(path: &Path) {
     }
 }
 
-fn tool_version(cmd: &str, arg: &str) -> String {
-    Command::new(cmd)
-        .arg(arg)
-        .output()
-        .map(|o| {
-            let out = if o.stdout.is_empty() {
-                o.stderr
-            } else {
-                o.stdout
-            };
-            String::from_utf8_lossy(&out)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
 fn print_header(b: &Bench) {
     let s = b.scale;
     println!(
@@ -1367,36 +1347,10 @@ fn parse_g(s: &str) -> u64 {
     s.trim_end_matches('G').parse::<u64>().unwrap_or(1) << 30
 }
 
-/// The 1, 5 and 15 minute load averages.
-fn load_average() -> String {
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    load.split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// This process's nice value (field 19 of /proc/self/stat).
-fn nice() -> String {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(16))
-        .unwrap_or("?")
-        .to_string()
-}
-
 fn check_str(c: Option<bool>) -> &'static str {
     match c {
         Some(true) => "ok",
         Some(false) => "FAILED",
         None => "-",
-    }
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "holds"
-    } else {
-        "MISSED"
     }
 }

@@ -251,3 +251,50 @@ fn splice(part: &Path, disk: &Path, offset: u64) {
         .args(["bs=1M", &format!("seek={}", offset >> 20)])
         .args(["conv=notrunc,sparse", "status=none"]));
 }
+
+/// The 1, 5 and 15 minute load averages.
+pub fn load_average() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// This process's nice value (field 19 of /proc/self/stat).
+pub fn nice() -> String {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(16))
+        .unwrap_or("?")
+        .to_string()
+}
+
+/// The first line a tool prints for `arg` (stdout, or stderr when stdout is empty).
+pub fn tool_version(cmd: &str, arg: &str) -> String {
+    Command::new(cmd)
+        .arg(arg)
+        .output()
+        .map(|o| {
+            let out = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&out)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+pub fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "holds"
+    } else {
+        "MISSED"
+    }
+}
