@@ -142,9 +142,9 @@ fn pieces(ranges: &[Range<u64>]) -> impl Iterator<Item = Range<u64>> + '_ {
 }
 
 /// The non-zero granules of `buf` (read at `offset`), as merged virtual ranges.
-fn nonzero_runs(buf: &[u8], offset: u64, granule: u64) -> Vec<Range<u64>> {
+pub(super) fn nonzero_runs(buf: &[u8], offset: u64, granule: u64) -> Vec<Range<u64>> {
     let mut runs: Vec<Range<u64>> = Vec::new();
-    // OK: granule is a format constant (4 KiB .. 64 KiB).
+    // OK: granule is a constant (4 KiB .. 64 KiB).
     for (i, g) in buf.chunks(granule as usize).enumerate() {
         if is_zero(g) {
             continue;
