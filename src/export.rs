@@ -2,18 +2,15 @@
 //! file. A front end over [`DiskImage`], so every source plugs in.
 //!
 //! Raw export writes a sparse file: unallocated and explicitly-zero ranges are never
-//! read and become holes; data blocks that turn out to be all zero are not written
-//! either. Blocks are handed out in disk order to a few workers, each with its own
+//! read and become holes; zero 4 KiB runs inside data are not written either. Blocks
+//! are handed out in disk order to a few workers, each with its own page-aligned
 //! buffer, so memory stays at `workers × BLOCK` whatever the disk size.
 //!
-//! The source is read once, so the work buffers are page-aligned and the reads bypass
-//! the page cache where the filesystem allows ([`crate::io::FileSource`]): caching a
-//! disk that is read once only evicts the host's working set, and copying it through
-//! the cache costs more CPU than the rest of the export. Direct reads wait for the
-//! device, so there are twice as many workers as threads, to keep reads in flight
-//! while others write. Writes go through the page cache (the kernel writes back in
-//! large requests while the export goes on; waiting for each write, as O_DIRECT
-//! writes do, measured slower), and one fsync at the end makes the output durable.
+//! Reads and writes go through the page cache, as qemu-img's do. A worker waits for
+//! its read most of the time, so there are several workers per thread to keep the
+//! device busy (the kernel's readahead does the rest). Each write starts its own
+//! writeback at once ([`output::write_behind`]), so the device writes while the
+//! export still reads, and the fsync at the end finds little left to do.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileTypeExt;
@@ -25,6 +22,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::image::{DiskImage, RunKind};
+use crate::io::AlignedBuf;
 use crate::progress::bytes_bar;
 
 mod container;
@@ -39,11 +37,6 @@ mod vmdk_stream;
 
 /// Size of one unit of parallel work.
 const BLOCK: u64 = 4 << 20;
-
-/// Alignment of the work buffers: the kernel copies page-cache data into a page-aligned
-/// buffer several times faster than into malloc's 16-byte-aligned one (see
-/// `pipeline::AlignedBuf`).
-const BUF_ALIGN: usize = 4096;
 
 /// Zero runs of at least this size inside data are left as holes in a raw file.
 const HOLE_GRANULE: u64 = 4096;
@@ -221,15 +214,14 @@ fn export_raw(
     let failed = AtomicBool::new(false);
     let workers = (rayon::current_num_threads() * WORKERS_PER_THREAD).clamp(1, work.len().max(1));
     let worker = || -> Result<()> {
-        let mut mem = vec![0u8; BLOCK as usize + BUF_ALIGN];
-        // OK: align_offset < BUF_ALIGN for a byte pointer; min() keeps it in bounds anyway.
-        let at = mem.as_ptr().align_offset(BUF_ALIGN).min(BUF_ALIGN);
-        let block = &mut mem[at..at + BLOCK as usize];
+        // Page-aligned: see AlignedBuf.
+        let mut block = AlignedBuf::new(BLOCK as usize);
         while !failed.load(Ordering::Relaxed) {
             let Some(&(off, len, is_data)) = work.get(next.fetch_add(1, Ordering::Relaxed)) else {
                 break;
             };
-            let buf = &mut block[..len as usize]; // OK: len ≤ BLOCK
+            block.set_len(len as usize); // len ≤ BLOCK
+            let buf = block.as_mut_slice();
             match copy_block(disk, &file, target, off, buf, is_data, device) {
                 Ok(n) => {
                     written.fetch_add(n, Ordering::Relaxed);

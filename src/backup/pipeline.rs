@@ -3,6 +3,7 @@
 //! (rayon) over a bounded window of chunks, so memory stays bounded whatever the
 //! disk size.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::sync::RwLock;
 use std::time::Instant;
@@ -13,6 +14,7 @@ use rayon::prelude::*;
 use super::ratelimit::RateLimiter;
 use crate::error::{Error, Result};
 use crate::image::{DiskImage, RunKind};
+use crate::io::AlignedBuf;
 use crate::repo::chunk::{self, ChunkId};
 use crate::repo::index::DiskIndex;
 use crate::repo::manifest::DiskStats;
@@ -162,22 +164,47 @@ fn capture_chunk(
     if let Some(l) = cap.limiter {
         l.acquire(data_bytes);
     }
-    let mut buf = vec![0u8; len];
-    for e in extents.iter().filter(|e| e.kind == RunKind::Data) {
-        let lo = (e.start.max(start) - start) as usize;
-        let hi = (e.end().min(start + len as u64) - start) as usize;
-        disk.read_exact_at(start + lo as u64, &mut buf[lo..hi])
-            .map_err(|e| read_error(name, start + lo as u64, e))?;
-    }
-    if is_zero(&buf) {
+    CHUNK_BUF.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let buf = match slot.as_mut() {
+            Some(b) if b.capacity() >= len => b,
+            _ => slot.insert(AlignedBuf::new(len)),
+        };
+        buf.set_len(len);
+        let buf = buf.as_mut_slice();
+        // The buffer is reused: what the extents do not read must be zeroed.
+        for e in &extents {
+            let lo = (e.start.max(start) - start) as usize;
+            let hi = (e.end().min(start + len as u64) - start) as usize;
+            if e.kind == RunKind::Data {
+                disk.read_exact_at(start + lo as u64, &mut buf[lo..hi])
+                    .map_err(|e| read_error(name, start + lo as u64, e))?;
+            } else {
+                buf[lo..hi].fill(0);
+            }
+        }
+        store_chunk(cap, buf, data_bytes)
+    })
+}
+
+thread_local! {
+    /// Each worker's chunk buffer, reused from chunk to chunk: page-aligned (the
+    /// kernel copies into it faster, see [`AlignedBuf`]) and never zeroed twice.
+    static CHUNK_BUF: RefCell<Option<AlignedBuf>> = const { RefCell::new(None) };
+}
+
+/// Hashes a read chunk and stores it unless it is zero or already in the repository.
+fn store_chunk(cap: &Capture<'_>, buf: &[u8], data_bytes: u64) -> Result<Outcome> {
+    let len = buf.len();
+    if is_zero(buf) {
         return Ok(Outcome::Zero {
             scanned: data_bytes,
         });
     }
-    let id = ChunkId::of(&buf);
+    let id = ChunkId::of(buf);
     if cap.damaged.contains(&id) {
         // verify found the stored copy damaged: this good copy replaces it.
-        let object = chunk::encode(&buf, cap.repo.config().zstd_level)?;
+        let object = chunk::encode(buf, cap.repo.config().zstd_level)?;
         cap.repo.repair_chunk(&id, &object)?;
         remember(cap, id);
         return Ok(Outcome::New {
@@ -202,7 +229,7 @@ fn capture_chunk(
             scanned: data_bytes,
         });
     }
-    let object = chunk::encode(&buf, cap.repo.config().zstd_level)?;
+    let object = chunk::encode(buf, cap.repo.config().zstd_level)?;
     cap.repo.put_chunk_object(&id, &object)?;
     Ok(Outcome::New {
         id,

@@ -9,7 +9,7 @@
 //! The source disk: 4 GiB virtual, about 40% written (random and compressible data
 //! mixed, in extents that start at odd offsets), the rest never written. It is
 //! converted with qemu-img to vmdk (monolithicSparse), vhdx (dynamic), vpc (dynamic),
-//! qcow2 and qcow2 -c. For each, both tools export it 3 times (interleaved, the tool
+//! qcow2 and qcow2 -c. For each, both tools export it 5 times (interleaved, the tool
 //! that goes first alternating; the page cache is dropped before every run when
 //! /proc/sys/vm/drop_caches is writable, which the table header says); both outputs
 //! must have the same sha256. qemu-img is timed with a `sync` of its output, since
@@ -28,7 +28,7 @@ use std::time::Instant;
 
 const VIRTUAL_SIZE: u64 = 4 << 30;
 const STRIPE: u64 = 8 << 20;
-const REPS: usize = 3;
+const REPS: usize = 5;
 /// Bumped whenever the source disk's recipe changes (cached images are rebuilt).
 const RECIPE: &str = "v1";
 

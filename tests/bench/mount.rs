@@ -49,7 +49,8 @@
 //! `VMBACK_BENCH_SMALL=1` runs the same on a 1 GiB disk with small files (for
 //! development; default directory `bench-mount-small`). `VMBACK_BENCH_PARTS=1,2,3`
 //! picks the parts; `VMBACK_BENCH_EXPORT_REPS=N` repeats each export N times instead
-//! of 3 (streamOptimized takes minutes per run on two cores).
+//! of 3 (streamOptimized takes minutes per run on two cores);
+//! `VMBACK_BENCH_EXPORT_FORMATS=qcow2,vhd` limits the exports to those `--format`s.
 
 mod support;
 use support::*;
@@ -1142,7 +1143,13 @@ impl Bench {
             "q",
             "qemu-img compare"
         );
+        let only: Option<Vec<String>> = std::env::var("VMBACK_BENCH_EXPORT_FORMATS")
+            .ok()
+            .map(|s| s.split(',').map(str::to_string).collect());
         for t in &TARGETS {
+            if only.as_ref().is_some_and(|o| !o.iter().any(|f| f == t.format)) {
+                continue;
+            }
             let mut res: [Samples; 3] = Default::default();
             let mut alloc = [0u64; 3];
             for rep in 0..reps {
