@@ -44,7 +44,7 @@ const HOLE_GRANULE: u64 = 4096;
 /// Workers per thread of the global pool (`--threads`): a worker waits for its read
 /// most of the time, so several per thread keep the device busy (measured on the
 /// export benchmark: 4 per thread beat 1, 2 and 8).
-const WORKERS_PER_THREAD: usize = 4;
+pub(crate) const WORKERS_PER_THREAD: usize = 4;
 
 /// Output formats of `export`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]

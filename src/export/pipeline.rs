@@ -15,9 +15,9 @@ use std::sync::{Condvar, Mutex};
 use vmback_parsers::bytes::is_zero;
 
 use super::output::Output;
-use crate::io::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::image::{DiskImage, RunKind};
+use crate::io::AlignedBuf;
 use crate::progress::bytes_bar;
 
 /// Largest piece read at once; pieces never cross a multiple of it, so a format
@@ -26,8 +26,8 @@ use crate::progress::bytes_bar;
 /// read and out by its write, and small pieces are still in the CPU caches then.
 pub(super) const PIECE: u64 = 1 << 20;
 /// Pieces per worker that may be read ahead of the sink or wait for their writes:
-/// enough to keep every core busy, and memory at a few MiB per worker.
-const WINDOW_PER_THREAD: usize = 4;
+/// enough to keep every worker busy, and memory at a few MiB per worker.
+const WINDOW_PER_WORKER: usize = 2;
 
 /// A read piece of the virtual disk and where in it the non-zero data is.
 pub(super) struct Piece {
@@ -205,8 +205,10 @@ pub(super) fn walk<P: Send>(
 ) -> Result<Walked> {
     let (ranges, data_bytes) = data_ranges(disk, granule)?;
     let bar = bytes_bar(ranges.iter().map(|r| r.end - r.start).sum(), "export");
-    let workers = rayon::current_num_threads().max(1);
-    let window = WINDOW_PER_THREAD * workers;
+    // Workers wait for reads and writes most of the time: several per thread keep
+    // the device busy, as in the raw export.
+    let workers = (rayon::current_num_threads() * super::WORKERS_PER_THREAD).max(1);
+    let window = WINDOW_PER_WORKER * workers;
     let pool = Pool(Mutex::new(Vec::new()));
     let shared = Mutex::new(Shared {
         todo: pieces(&ranges),

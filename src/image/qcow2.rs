@@ -45,7 +45,8 @@ const CLUSTER_CACHE_BYTES: u64 = 16 << 20;
 const MAX_COMPRESSED_RUN_BYTES: u64 = 8 << 20;
 /// Unused bytes tolerated between the data of two compressed clusters of one run.
 const COMPRESSED_RUN_GAP: u64 = 64 << 10;
-/// Alignment the read of a compressed run is widened to (direct I/O).
+/// Alignment the read of a compressed run is widened to (whole pages copy fastest
+/// out of the page cache, see `crate::io::AlignedBuf`).
 const RUN_ALIGN: u64 = 4096;
 
 thread_local! {
@@ -365,7 +366,7 @@ impl Qcow2Layer {
             return Ok(cs);
         }
         // The data may end inside the last sector, cut by the end of the file. The
-        // read is widened to 4 KiB boundaries so it may bypass the page cache.
+        // read is widened to whole pages, into a page-aligned buffer.
         let end = end.min(self.src.size());
         let read_start = start & !(RUN_ALIGN - 1);
         let read_end = end.next_multiple_of(RUN_ALIGN).min(self.src.size());

@@ -50,7 +50,8 @@
 //! development; default directory `bench-mount-small`). `VMBACK_BENCH_PARTS=1,2,3`
 //! picks the parts; `VMBACK_BENCH_EXPORT_REPS=N` repeats each export N times instead
 //! of 3 (streamOptimized takes minutes per run on two cores);
-//! `VMBACK_BENCH_EXPORT_FORMATS=qcow2,vhd` limits the exports to those `--format`s.
+//! `VMBACK_BENCH_EXPORT_FORMATS=qcow2,monolithicSparse` limits the exports to those
+//! `--format`s or `--subformat`s.
 
 mod support;
 use support::*;
@@ -1147,7 +1148,10 @@ impl Bench {
             .ok()
             .map(|s| s.split(',').map(str::to_string).collect());
         for t in &TARGETS {
-            if only.as_ref().is_some_and(|o| !o.iter().any(|f| f == t.format)) {
+            if only.as_ref().is_some_and(|o| {
+                !o.iter()
+                    .any(|f| f == t.format || Some(f.as_str()) == t.subformat)
+            }) {
                 continue;
             }
             let mut res: [Samples; 3] = Default::default();
