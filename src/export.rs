@@ -296,7 +296,7 @@ fn copy_block(
         buf.fill(0);
     }
     let runs = if device {
-        vec![off..off + buf.len() as u64]
+        std::iter::once(off..off + buf.len() as u64).collect()
     } else {
         pipeline::nonzero_runs(buf, off, HOLE_GRANULE)
     };
