@@ -8,8 +8,8 @@
 //!
 //! Reads and writes go through the page cache, as qemu-img's do. A worker waits for
 //! its read most of the time, so there are several workers per thread to keep the
-//! device busy (the kernel's readahead does the rest). Each write starts its own
-//! writeback at once ([`output::write_behind`]), so the device writes while the
+//! device busy (the kernel's readahead does the rest). Writes start their
+//! writeback in batches ([`output::WriteBehind`]), so the device writes while the
 //! export still reads, and the fsync at the end finds little left to do.
 
 use std::fs::{File, OpenOptions};
@@ -209,6 +209,7 @@ fn export_raw(
     }
     let bar = bytes_bar(work.iter().map(|w| w.1).sum(), "export");
     let written = AtomicU64::new(0);
+    let behind = output::WriteBehind::default();
     // Workers take blocks in disk order, so reads and writes stay nearly sequential.
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
@@ -222,7 +223,7 @@ fn export_raw(
             };
             block.set_len(len as usize); // len ≤ BLOCK
             let buf = block.as_mut_slice();
-            match copy_block(disk, &file, target, off, buf, is_data, device) {
+            match copy_block(disk, &file, &behind, target, off, buf, is_data, device) {
                 Ok(n) => {
                     written.fetch_add(n, Ordering::Relaxed);
                 }
@@ -281,9 +282,11 @@ fn export_raw(
 /// read, zeros are not. On a fresh file only the non-zero 4 KiB granules are written
 /// (the rest stay holes, as `qemu-img convert -S 4k` leaves them); a device gets every
 /// byte. Returns the bytes written.
+#[allow(clippy::too_many_arguments)]
 fn copy_block(
     disk: &(dyn DiskImage + '_),
     file: &File,
+    behind: &output::WriteBehind,
     path: &Path,
     off: u64,
     buf: &mut [u8],
@@ -304,7 +307,7 @@ fn copy_block(
     for r in runs {
         // OK: runs lie inside the block by construction.
         let bytes = &buf[(r.start - off) as usize..(r.end - off) as usize];
-        output::write_behind(file, path, bytes, r.start)?;
+        behind.write(file, path, bytes, r.start)?;
         written += bytes.len() as u64;
     }
     Ok(written)
