@@ -14,7 +14,7 @@
 //! [`STALE_AFTER`] (another host); stale locks are reported and ignored, and removed
 //! by `vmback unlock`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -60,7 +60,8 @@ pub struct FoundLock {
 pub struct Lock {
     repo: Arc<Repository>,
     key: String,
-    stop: Arc<AtomicBool>,
+    /// Dropped to stop the heartbeat.
+    stop: Option<mpsc::Sender<()>>,
     heartbeat: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -152,34 +153,30 @@ fn write_lock(repo: &Repository, key: &str, info: &LockInfo, only_new: bool) -> 
 }
 
 fn start(repo: &Arc<Repository>, key: String, info: LockInfo) -> Lock {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (r, k, s) = (repo.clone(), key.clone(), stop.clone());
+    // Dropping the sender wakes the heartbeat at once: releasing a lock must not wait
+    // out a polling interval (it ends every backup, so it adds to each one).
+    let (stop, stopped) = mpsc::channel::<()>();
+    let (r, k) = (repo.clone(), key.clone());
     let heartbeat = std::thread::Builder::new()
         .name("vmback-lock".into())
         .spawn(move || {
-            let mut waited = Duration::ZERO;
-            while !s.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(200));
-                waited += Duration::from_millis(200);
-                if waited >= HEARTBEAT {
-                    waited = Duration::ZERO;
-                    // Rewriting refreshes the modification time the staleness check reads.
-                    let _ = write_lock(&r, &k, &info, false);
-                }
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(HEARTBEAT) {
+                // Rewriting refreshes the modification time the staleness check reads.
+                let _ = write_lock(&r, &k, &info, false);
             }
         })
         .ok();
     Lock {
         repo: repo.clone(),
         key,
-        stop,
+        stop: Some(stop),
         heartbeat,
     }
 }
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(h) = self.heartbeat.take() {
             let _ = h.join();
         }
