@@ -196,6 +196,18 @@ impl AlignedBuf {
         AlignedBuf { raw, start, len: 0 }
     }
 
+    /// The buffer kept in `slot` (a worker's, reused from one read to the next),
+    /// `len` bytes long; replaced by a new one when it is too small. The bytes keep
+    /// whatever they held.
+    pub fn reuse(slot: &mut Option<AlignedBuf>, len: usize) -> &mut [u8] {
+        if slot.as_ref().is_none_or(|b| b.capacity() < len) {
+            *slot = None;
+        }
+        let buf = slot.get_or_insert_with(|| AlignedBuf::new(len));
+        buf.set_len(len);
+        buf.as_mut_slice()
+    }
+
     /// Bytes it can hold.
     pub fn capacity(&self) -> usize {
         self.raw.len() - Self::PAGE

@@ -166,12 +166,7 @@ fn capture_chunk(
     }
     CHUNK_BUF.with(|cell| {
         let mut slot = cell.borrow_mut();
-        let buf = match slot.as_mut() {
-            Some(b) if b.capacity() >= len => b,
-            _ => slot.insert(AlignedBuf::new(len)),
-        };
-        buf.set_len(len);
-        let buf = buf.as_mut_slice();
+        let buf = AlignedBuf::reuse(&mut slot, len);
         // The buffer is reused: what the extents do not read must be zeroed.
         for e in &extents {
             let lo = (e.start.max(start) - start) as usize;

@@ -34,7 +34,7 @@ use vmback_parsers::ParseError;
 use super::cache::BlockCache;
 use super::{Format, Layer, LayerInfo, ParentRef, RunKind};
 use crate::error::{Error, Result};
-use crate::io::{FileSource, ReadAt};
+use crate::io::{AlignedBuf, FileSource, ReadAt};
 
 /// Memory for cached L2 tables (one cluster each): 32 MiB maps 256 GiB of guest
 /// disk at the default 64 KiB clusters.
@@ -51,7 +51,7 @@ const RUN_ALIGN: u64 = 4096;
 
 thread_local! {
     /// The buffer compressed runs are read into, one per thread, reused.
-    static RUN_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static RUN_BUF: std::cell::RefCell<Option<AlignedBuf>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Snapshots listed one by one in `details` (the rest are counted).
@@ -373,15 +373,8 @@ impl Qcow2Layer {
         // OK: read_end - read_start ≤ MAX_COMPRESSED_RUN_BYTES + 2 × RUN_ALIGN.
         let len = (read_end - read_start) as usize;
         RUN_BUF.with(|cell| -> Result<()> {
-            let mut mem = cell.borrow_mut();
-            if mem.len() < len + RUN_ALIGN as usize {
-                *mem = vec![0u8; len + RUN_ALIGN as usize];
-            }
-            let at = mem
-                .as_ptr()
-                .align_offset(RUN_ALIGN as usize)
-                .min(RUN_ALIGN as usize);
-            let data = &mut mem[at..at + len];
+            let mut slot = cell.borrow_mut();
+            let data = AlignedBuf::reuse(&mut slot, len);
             self.src.read_exact_at(read_start, data)?;
             for &(p, d) in &run {
                 let from = (d.host_offset - read_start) as usize;
