@@ -202,8 +202,9 @@ pub enum Command {
     Init {
         /// Directory for the repository (created; must be empty if it exists).
         repo: PathBuf,
-        /// Bytes per chunk: a power of two from 64KiB to 64MiB.
-        #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size)]
+        /// Bytes per chunk: a power of two from 64KiB to 64MiB. 256KiB keeps incrementals
+        /// of scattered small writes small; larger chunks make fulls a little faster.
+        #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = parse_size)]
         chunk_size: u64,
         /// zstd level for chunks (1 fastest .. 22 smallest).
         #[arg(long, value_name = "LEVEL", default_value_t = crate::repo::config::DEFAULT_ZSTD_LEVEL,

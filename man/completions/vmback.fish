@@ -90,7 +90,7 @@ complete -c vmback -n "__fish_vmback_using_subcommand export" -l align -d 'Round
 complete -c vmback -n "__fish_vmback_using_subcommand export" -l force -l overwrite -d 'Replace an existing output file'
 complete -c vmback -n "__fish_vmback_using_subcommand export" -l json -d 'Print the result as JSON on standard output instead of text'
 complete -c vmback -n "__fish_vmback_using_subcommand export" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c vmback -n "__fish_vmback_using_subcommand init" -l chunk-size -d 'Bytes per chunk: a power of two from 64KiB to 64MiB' -r
+complete -c vmback -n "__fish_vmback_using_subcommand init" -l chunk-size -d 'Bytes per chunk: a power of two from 64KiB to 64MiB. 256KiB keeps incrementals of scattered small writes small; larger chunks make fulls a little faster' -r
 complete -c vmback -n "__fish_vmback_using_subcommand init" -l compression-level -d 'zstd level for chunks (1 fastest .. 22 smallest)' -r
 complete -c vmback -n "__fish_vmback_using_subcommand init" -l threads -d 'Worker threads for parallel work (default: all cores)' -r
 complete -c vmback -n "__fish_vmback_using_subcommand init" -s h -l help -d 'Print help'

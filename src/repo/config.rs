@@ -9,10 +9,14 @@ use crate::error::{Error, Result};
 /// Format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Default chunk size (see the README's chunk size measurements).
-pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+/// Default chunk size: 256 KiB (the README's chunk size measurements). Against
+/// 1 MiB, the full is ~15% slower, but an incremental of scattered small writes
+/// stores half as much (1.0× the changed bytes instead of 2.0×) in half the time,
+/// and over time that keeps the repository smaller than restic's.
+pub const DEFAULT_CHUNK_SIZE: u32 = 256 << 10;
 
-/// Default zstd level: fast enough that hashing, not compression, bounds a backup.
+/// Default zstd level. Compression is most of a backup's CPU (~70% at level 3);
+/// level 1 is ~35% cheaper in total but stores ~7% more.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
 /// Smallest chunk size accepted (a sector's multiple, and an index stays small).

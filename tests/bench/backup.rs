@@ -34,7 +34,7 @@
 //! Runs, each timed (wall clock) with its peak RSS (`/usr/bin/time -f %M`), the page
 //! cache dropped before each when /proc/sys/vm/drop_caches is writable (the header
 //! says which), `VMBACK_BENCH_REPS` times (default 3; medians reported):
-//! - vmback (1 MiB chunks): full backup of day0.raw; then, each in a hard-linked copy
+//! - vmback (256 KiB chunks, the default): full backup of day0.raw; then, each in a hard-linked copy
 //!   of that repository (objects are immutable), the day-1 incremental by
 //!   differencing (diff.qcow2), changed extents (day1.raw + changes.json) and the
 //!   fallback (day1.raw, no tracking: read everything, store new chunks); the dirty
@@ -78,7 +78,7 @@ const EXT4_FILES: u64 = 1000 * MIB;
 /// The granularity of a hypervisor's changed-block tracking (and of QEMU's bitmaps).
 const CBT_BLOCK: usize = 64 << 10;
 const VM: &str = "web01";
-const DEFAULT_CHUNK: &str = "1MiB";
+const DEFAULT_CHUNK: &str = "256KiB";
 const CHUNK_SIZES: [&str; 4] = ["256KiB", "512KiB", "1MiB", "4MiB"];
 const MEMORY_TARGET: u64 = 256 * MIB;
 

@@ -19,7 +19,7 @@
 //! each), on NTFS `Users/alice/Projects/many/` (10,000 files of 1-32 KiB in 100
 //! directories) and on ext4 `srv/data/seq.bin` (1 GiB of mixed random, text-like and
 //! mostly-zero pages). About 40% of the disk is never written. It is backed up once
-//! into a vmback repository (default 1 MiB chunks), a restic repository (0.14,
+//! into a vmback repository (default 256 KiB chunks), a restic repository (0.14,
 //! `--repository-version 2`) and a borg repository (1.2, `-e none`, zstd,3), the last
 //! two of the raw image file, as the backup benchmark does.
 //!
