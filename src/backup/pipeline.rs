@@ -37,8 +37,6 @@ pub struct Capture<'a> {
 
 /// What happened to one chunk.
 enum Outcome {
-    /// Taken over from the parent without reading.
-    Unchanged(Option<ChunkId>),
     /// Unallocated, explicitly zero, or read and found all-zero.
     Zero { scanned: u64 },
     /// Read; the repository already held it.
@@ -79,24 +77,23 @@ pub fn capture_disk(
         chunks: index.entries.len() as u64,
         ..DiskStats::default()
     };
-    let n = index.entries.len();
-    let mut first = 0;
-    while first < n {
-        let last = (first + window(cap.pool)).min(n);
+    let step_len = window(cap.pool);
+    let mut plan = Plan {
+        parent,
+        changed,
+        damaged: cap.damaged,
+        next: 0,
+    };
+    loop {
+        let batch = plan.gather(&mut index, &mut stats, cap.progress, step_len);
+        if batch.is_empty() {
+            break;
+        }
         let step = || -> Vec<Result<Outcome>> {
-            (first..last)
-                .into_par_iter()
-                .map(|i| {
-                    let unchanged = changed.is_some_and(|c| !c.get(i).copied().unwrap_or(true));
-                    let parent_id = parent.and_then(|p| p.entries.get(i).copied().flatten());
-                    // A chunk verify found damaged is read again even if unchanged.
-                    let parent_damaged = parent_id.is_some_and(|id| cap.damaged.contains(&id));
-                    let outcome = match parent {
-                        Some(_) if unchanged && !parent_damaged => {
-                            Ok(Outcome::Unchanged(parent_id))
-                        }
-                        _ => capture_chunk(cap, disk, name, &index, i),
-                    };
+            batch
+                .par_iter()
+                .map(|&i| {
+                    let outcome = capture_chunk(cap, disk, name, &index, i);
                     cap.progress.inc(index.chunk_len(i) as u64);
                     outcome
                 })
@@ -106,12 +103,8 @@ pub fn capture_disk(
             Some(pool) => pool.install(step),
             None => step(),
         };
-        for (i, outcome) in (first..last).zip(outcomes) {
+        for (&i, outcome) in batch.iter().zip(outcomes) {
             index.entries[i] = match outcome? {
-                Outcome::Unchanged(id) => {
-                    stats.chunks_unchanged += 1;
-                    id
-                }
                 Outcome::Zero { scanned } => {
                     stats.chunks_zero += 1;
                     stats.bytes_scanned += scanned;
@@ -136,10 +129,57 @@ pub fn capture_disk(
                 }
             };
         }
-        first = last;
     }
     stats.duration_secs = started.elapsed().as_secs_f64();
     Ok((index, stats))
+}
+
+/// Which chunks a backup must read, handed out a step at a time.
+struct Plan<'a> {
+    parent: Option<&'a DiskIndex>,
+    /// One flag per chunk from change tracking (`None`: everything changed).
+    changed: Option<&'a [bool]>,
+    damaged: &'a HashSet<ChunkId>,
+    /// The first chunk not yet handed out.
+    next: usize,
+}
+
+impl Plan<'_> {
+    /// The next (up to) `step_len` chunks to capture. Chunks change tracking did not
+    /// flag are taken over from the parent's index on the way (unless verify found
+    /// the parent's copy damaged), so a step holds only work: an incremental whose
+    /// few changed chunks lie far apart still gives every worker a chunk between
+    /// two barriers.
+    fn gather(
+        &mut self,
+        index: &mut DiskIndex,
+        stats: &mut DiskStats,
+        progress: &ProgressBar,
+        step_len: usize,
+    ) -> Vec<usize> {
+        let mut batch = Vec::with_capacity(step_len);
+        let mut carried = 0;
+        while self.next < index.entries.len() && batch.len() < step_len {
+            let i = self.next;
+            self.next += 1;
+            let unchanged = self
+                .changed
+                .is_some_and(|c| !c.get(i).copied().unwrap_or(true));
+            let parent_id = self
+                .parent
+                .and_then(|p| p.entries.get(i).copied().flatten());
+            let parent_damaged = parent_id.is_some_and(|id| self.damaged.contains(&id));
+            if self.parent.is_some() && unchanged && !parent_damaged {
+                index.entries[i] = parent_id;
+                stats.chunks_unchanged += 1;
+                carried += index.chunk_len(i) as u64;
+            } else {
+                batch.push(i);
+            }
+        }
+        progress.inc(carried);
+        batch
+    }
 }
 
 /// Reads chunk `i` (only its allocated parts) and stores it unless it is zero or known.
