@@ -74,10 +74,12 @@ impl RawDisk {
         }
     }
 
-    /// Unit in which readahead is worth doing (a chunk; 1 MiB for images).
+    /// Unit in which readahead is worth doing: whole chunks, at least 1 MiB (with
+    /// 256 KiB chunks, a one-chunk unit kept only 1 MiB in flight ahead of a
+    /// sequential reader); 1 MiB for images.
     pub fn unit(&self) -> u64 {
         match self {
-            RawDisk::Repo(d) => u64::from(d.index().chunk_size.max(4096)),
+            RawDisk::Repo(d) => u64::from(d.index().chunk_size).max(1 << 20),
             RawDisk::Image(_) => 1 << 20,
         }
     }
