@@ -204,7 +204,8 @@ pub enum Command {
         repo: PathBuf,
         /// Bytes per chunk: a power of two from 64KiB to 64MiB. 256KiB keeps incrementals
         /// of scattered small writes small; larger chunks make fulls a little faster.
-        #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = parse_size)]
+        #[arg(long, value_name = "SIZE", default_value = crate::repo::config::DEFAULT_CHUNK_SIZE_ARG,
+              value_parser = parse_size)]
         chunk_size: u64,
         /// zstd level for chunks (1 fastest .. 22 smallest).
         #[arg(long, value_name = "LEVEL", default_value_t = crate::repo::config::DEFAULT_ZSTD_LEVEL,

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 /// The default chunk size (`vmback init` without `--chunk-size`).
-const CHUNK: u64 = 256 << 10;
+const CHUNK: u64 = vmback::repo::config::DEFAULT_CHUNK_SIZE as u64;
 
 fn init_repo(dir: &Path) -> PathBuf {
     let repo = dir.join("repo");

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 const MIB: usize = 1 << 20;
 /// The default chunk size (`vmback init` without `--chunk-size`).
-const CHUNK: usize = 256 << 10;
+const CHUNK: usize = vmback::repo::config::DEFAULT_CHUNK_SIZE as usize;
 
 fn init_repo(dir: &Path) -> PathBuf {
     let repo = dir.join("repo");

@@ -189,7 +189,7 @@ fn a_damaged_chunk_fails_only_the_files_that_use_it() {
             .arg(&img),
     );
     let block: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    let chunk = 256 << 10; // the default chunk size
+    let chunk = u64::from(vmback::repo::config::DEFAULT_CHUNK_SIZE);
     let chunk_start = block * 4096 / chunk * chunk;
     let mut data = vec![0u8; chunk as usize];
     std::fs::File::open(&img)
