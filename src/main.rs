@@ -55,8 +55,24 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// Default workers for commands that capture (`backup`, `run`): one more than the
+/// cores. A capture worker reads its chunk synchronously before it hashes and
+/// compresses it, so with one worker per core a core idles whenever its worker
+/// waits on the source; the extra worker fills that gap. Measured on the backup
+/// benchmark's disk, cold, 2 cores (median of 3): full 11.65 s with 2 workers, 9.98 s
+/// with 3, 10.74 s with 4; differencing incremental 0.93 s with 2, 0.81 s with 3.
+fn capture_threads(command: &Command) -> Option<usize> {
+    match command {
+        Command::Backup(_) | Command::Run { .. } => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            Some(cores + 1)
+        }
+        _ => None,
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Some(n) = cli.threads {
+    if let Some(n) = cli.threads.or_else(|| capture_threads(&cli.command)) {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
             .build_global()
@@ -154,14 +170,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let chunk_size = u32::try_from(chunk_size).map_err(|_| {
                 vmback::Error::Usage(format!("chunk size {chunk_size} is too large"))
             })?;
-            let config = vmback::repo::config::RepoConfig::new(chunk_size, compression_level)?;
+            use vmback::repo::config::{RepoConfig, ZstdSettings, DEFAULT_ZSTD};
+            let zstd = compression_level.map_or(DEFAULT_ZSTD, ZstdSettings::level);
+            let config = RepoConfig::new(chunk_size, zstd)?;
             let r = vmback::repo::Repository::init(&repo, config)?;
             eprintln!(
-                "created repository {} (id {}, chunks of {}, zstd level {})",
+                "created repository {} (id {}, chunks of {}, {zstd})",
                 r.location(),
                 &r.config().id[..8],
                 human(chunk_size as u64),
-                compression_level
             );
         }
         Command::Backup(args) => return commands::backup(*args),

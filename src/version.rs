@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use crate::export::ExportFormat;
 use crate::image::Format;
 use crate::repo::chunk::MAX_CHUNK_SIZE;
-use crate::repo::config::{DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL, MIN_CHUNK_SIZE};
+use crate::repo::config::{DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD, MIN_CHUNK_SIZE};
 
 /// `0.1.0` followed by one line per capability (clap prints `vmback ` before it).
 pub fn long_version() -> String {
@@ -27,7 +27,10 @@ pub fn long_version() -> String {
             ),
         })
         .collect();
-    let mib = |b: u64| format!("{}MiB", b >> 20);
+    let size = |b: u64| match b.trailing_zeros() {
+        20.. => format!("{}MiB", b >> 20),
+        _ => format!("{}KiB", b >> 10),
+    };
     format!(
         "{version}
 containers read (parent chains followed):{read}
@@ -36,17 +39,17 @@ containers written (export, restore of a whole disk):
 partition tables:  {tables}
 guest filesystems: {fs} (files, directories, symlinks, metadata)
 NBD:               {nbd}
-repository:        BLAKE3 chunk ids, zstd levels 1-22 (default {level}), chunks of \
-{min}KiB-{max} (default {default})",
+repository:        BLAKE3 chunk ids, {level} by default (levels 1-22), chunks of \
+{min}-{max} (default {default})",
         version = env!("CARGO_PKG_VERSION"),
         written = written.join(", "),
         tables = crate::volume::TABLES,
         fs = crate::guestfs::SUPPORTED.join(", "),
         nbd = crate::nbd::FEATURES,
-        level = DEFAULT_ZSTD_LEVEL,
-        min = MIN_CHUNK_SIZE >> 10,
-        max = mib(MAX_CHUNK_SIZE as u64),
-        default = mib(u64::from(DEFAULT_CHUNK_SIZE)),
+        level = DEFAULT_ZSTD,
+        min = size(u64::from(MIN_CHUNK_SIZE)),
+        max = size(MAX_CHUNK_SIZE as u64),
+        default = size(u64::from(DEFAULT_CHUNK_SIZE)),
     )
 }
 
@@ -65,6 +68,8 @@ mod tests {
             "streamOptimized",
             "ntfs",
             "GPT",
+            "chunks of 64KiB-64MiB (default 256KiB)",
+            "zstd level 1 (hash log 16, min match 5) by default",
         ] {
             assert!(v.contains(f), "{f} missing from\n{v}");
         }

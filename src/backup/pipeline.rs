@@ -239,7 +239,7 @@ fn store_chunk(cap: &Capture<'_>, buf: &[u8], data_bytes: u64) -> Result<Outcome
     let id = ChunkId::of(buf);
     if cap.damaged.contains(&id) {
         // verify found the stored copy damaged: this good copy replaces it.
-        let object = chunk::encode(buf, cap.repo.config().zstd_level)?;
+        let object = chunk::encode(buf, cap.repo.config().zstd())?;
         cap.repo.repair_chunk(&id, &object)?;
         remember(cap, id);
         return Ok(Outcome::New {
@@ -264,7 +264,7 @@ fn store_chunk(cap: &Capture<'_>, buf: &[u8], data_bytes: u64) -> Result<Outcome
             scanned: data_bytes,
         });
     }
-    let object = chunk::encode(buf, cap.repo.config().zstd_level)?;
+    let object = chunk::encode(buf, cap.repo.config().zstd())?;
     cap.repo.put_chunk_object(&id, &object)?;
     Ok(Outcome::New {
         id,

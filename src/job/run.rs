@@ -29,7 +29,7 @@ use crate::repo::Repository;
 const ESTIMATE_RATE: u64 = 200 << 20;
 
 /// Worker threads per backup: `threads`, or the global pool's (`--threads`, or
-/// one per core), which the running backups then share.
+/// one more than the cores), which the running backups then share.
 fn threads(job: &Job) -> usize {
     job.limits
         .threads
@@ -188,10 +188,13 @@ pub fn run_job(job: &Job, progress: bool) -> Result<JobReport> {
                 let (tx, repo) = (tx.clone(), repo.clone());
                 let ready = at(s.ready_at);
                 let pool = pools.get(s.slot);
+                // Taken here, not in the thread: the report's start times then
+                // follow the scheduler's order (a thread that happens to run
+                // first would otherwise seem to have started first).
+                let begin = jiff::Timestamp::now();
                 std::thread::Builder::new()
                     .name(format!("backup {}", vm.vm.name))
                     .spawn_scoped(scope, move || {
-                        let begin = jiff::Timestamp::now();
                         let result = match pool {
                             None => run_one(&repo, &opts),
                             Some(Ok(p)) => {

@@ -12,6 +12,9 @@
 
 use std::fmt;
 
+use zstd::zstd_safe::CParameter;
+
+use super::config::ZstdSettings;
 use crate::error::{Error, Result};
 
 /// The content hash naming a chunk.
@@ -80,8 +83,8 @@ const CODEC_ZSTD: u8 = 1;
 pub const MAX_CHUNK_SIZE: usize = 64 << 20;
 
 /// Encodes a chunk object: compressed when that saves at least 1/32 of the size.
-pub fn encode(data: &[u8], zstd_level: i32) -> Result<Vec<u8>> {
-    let compressed = compress(data, zstd_level)?;
+pub fn encode(data: &[u8], zstd: ZstdSettings) -> Result<Vec<u8>> {
+    let compressed = compress(data, zstd)?;
     let (codec, payload) = if compressed.len() + data.len() / 32 < data.len() {
         (CODEC_ZSTD, compressed.as_slice())
     } else {
@@ -99,16 +102,23 @@ pub fn encode(data: &[u8], zstd_level: i32) -> Result<Vec<u8>> {
 /// zstd compression with one context per thread and level, reused: a fresh context
 /// per chunk (`zstd::bulk::compress`) allocated and cleared megabytes of tables each
 /// time, which showed up as a tenth of a backup's CPU (page faults, memset).
-fn compress(data: &[u8], level: i32) -> Result<Vec<u8>> {
+fn compress(data: &[u8], zstd: ZstdSettings) -> Result<Vec<u8>> {
+    type Slot = Option<(ZstdSettings, zstd::bulk::Compressor<'static>)>;
     thread_local! {
-        static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-            const { std::cell::RefCell::new(None) };
+        static COMPRESSOR: std::cell::RefCell<Slot> = const { std::cell::RefCell::new(None) };
     }
     let err = |e| Error::io("zstd", "compress a chunk", e);
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level).map_err(err)?));
+        if slot.as_ref().is_none_or(|(s, _)| *s != zstd) {
+            let mut c = zstd::bulk::Compressor::new(zstd.level).map_err(err)?;
+            if let Some(t) = zstd.tuning {
+                c.set_parameter(CParameter::HashLog(t.hash_log))
+                    .map_err(err)?;
+                c.set_parameter(CParameter::MinMatch(t.min_match))
+                    .map_err(err)?;
+            }
+            *slot = Some((zstd, c));
         }
         let (_, compressor) = slot.as_mut().expect("set above");
         compressor.compress(data).map_err(err)
@@ -164,7 +174,7 @@ mod tests {
             .collect();
         for data in [text, random] {
             let id = ChunkId::of(&data);
-            let obj = encode(&data, 3).unwrap();
+            let obj = encode(&data, crate::repo::config::DEFAULT_ZSTD).unwrap();
             assert_eq!(decode(&id, &obj, "r").unwrap(), data);
         }
     }
@@ -173,7 +183,7 @@ mod tests {
     fn damage_is_detected() {
         let data = b"hello world".repeat(100);
         let id = ChunkId::of(&data);
-        let mut obj = encode(&data, 3).unwrap();
+        let mut obj = encode(&data, crate::repo::config::DEFAULT_ZSTD).unwrap();
         let last = obj.len() - 1;
         obj[last] ^= 1;
         assert!(matches!(decode(&id, &obj, "r"), Err(Error::Damaged { .. })));

@@ -594,7 +594,11 @@ mod tests {
     fn repo() -> (tempfile::TempDir, Repository) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("repo");
-        let repo = Repository::init(&path, RepoConfig::new(1 << 20, 3).unwrap()).unwrap();
+        let repo = Repository::init(
+            &path,
+            RepoConfig::new(1 << 20, config::DEFAULT_ZSTD).unwrap(),
+        )
+        .unwrap();
         for (vm, t) in [
             ("web01", "2026-11-19T03:00:00Z"),
             ("web01", "2026-11-20T03:00:00Z"),
