@@ -122,6 +122,18 @@ impl FileSource {
         &self.file
     }
 
+    /// Asks the kernel to start reading `len` bytes at `offset` into the page cache
+    /// (`POSIX_FADV_WILLNEED`) without waiting for them: the reads of scattered
+    /// ranges are then in flight together instead of one per worker. A hint only:
+    /// errors are ignored (the real read reports them).
+    pub fn will_need(&self, offset: u64, len: u64) {
+        let len = len.min(self.size.saturating_sub(offset));
+        if let Some(len) = std::num::NonZeroU64::new(len) {
+            let _ =
+                rustix::fs::fadvise(&self.file, offset, Some(len), rustix::fs::Advice::WillNeed);
+        }
+    }
+
     /// How many bytes were read so far through this handle.
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read.load(Ordering::Relaxed)

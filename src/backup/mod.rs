@@ -245,6 +245,14 @@ fn capture_all(
     parent: Option<&Snapshot>,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<DiskRecord>> {
+    {
+        // The chunk directories are read while the sources open and change
+        // tracking plans (detached: a hint that holds nothing).
+        let repo = repo.clone();
+        let _ = std::thread::Builder::new()
+            .name("warm-up".into())
+            .spawn(move || repo.backend().warm_up("chunks"));
+    }
     let mut sources = Vec::new();
     for s in &opts.sources {
         let bitmap = match &s.tracking {

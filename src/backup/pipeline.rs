@@ -84,11 +84,13 @@ pub fn capture_disk(
         damaged: cap.damaged,
         next: 0,
     };
-    loop {
-        let batch = plan.gather(&mut index, &mut stats, cap.progress, step_len);
-        if batch.is_empty() {
-            break;
-        }
+    let mut batch = plan.gather(&mut index, &mut stats, cap.progress, step_len);
+    prefetch(disk, &index, &batch);
+    while !batch.is_empty() {
+        // The next step's reads start (on this thread, otherwise idle) while the
+        // workers process this one: a step's scattered chunks then come from the
+        // device with many reads in flight instead of one per worker.
+        let next = plan.gather(&mut index, &mut stats, cap.progress, step_len);
         let step = || -> Vec<Result<Outcome>> {
             batch
                 .par_iter()
@@ -99,10 +101,18 @@ pub fn capture_disk(
                 })
                 .collect()
         };
-        let outcomes = match cap.pool {
-            Some(pool) => pool.install(step),
-            None => step(),
-        };
+        let outcomes = std::thread::scope(|s| {
+            let workers = s.spawn(|| match cap.pool {
+                Some(pool) => pool.install(step),
+                None => step(),
+            });
+            prefetch(disk, &index, &next);
+            workers.join()
+        })
+        .map_err(|_| Error::Capture {
+            disk: name.to_string(),
+            reason: "a capture worker panicked".into(),
+        })?;
         for (&i, outcome) in batch.iter().zip(outcomes) {
             index.entries[i] = match outcome? {
                 Outcome::Zero { scanned } => {
@@ -129,9 +139,31 @@ pub fn capture_disk(
                 }
             };
         }
+        batch = next;
     }
     stats.duration_secs = started.elapsed().as_secs_f64();
     Ok((index, stats))
+}
+
+/// Starts reading the data of `chunks` (coalesced into ranges of neighbours). Bounded:
+/// at most one step ahead of the workers, so `--limit-read` still holds on average.
+fn prefetch(disk: &dyn DiskImage, index: &DiskIndex, chunks: &[usize]) {
+    let size = index.chunk_size as u64;
+    let range = |(a, b): (usize, usize)| a as u64 * size..(b as u64 * size).min(disk.size());
+    let mut run: Option<(usize, usize)> = None;
+    for &i in chunks {
+        match &mut run {
+            Some((_, end)) if *end == i => *end = i + 1,
+            _ => {
+                if let Some(r) = run.replace((i, i + 1)) {
+                    disk.prefetch(range(r));
+                }
+            }
+        }
+    }
+    if let Some(r) = run {
+        disk.prefetch(range(r));
+    }
 }
 
 /// Which chunks a backup must read, handed out a step at a time.

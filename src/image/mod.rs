@@ -195,6 +195,9 @@ pub trait Layer: Send + Sync {
     fn read_data(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
     /// Bytes read from the underlying files so far (for "what did we read" reports).
     fn bytes_read(&self) -> u64;
+    /// Starts reading a range that one `run_at` call reported as `Data`, without
+    /// waiting (a hint ahead of [`Layer::read_data`]; the default does nothing).
+    fn prefetch_data(&self, _offset: u64, _len: u64) {}
 }
 
 /// A virtual disk: bytes plus which ranges hold data.
@@ -203,4 +206,8 @@ pub trait DiskImage: ReadAt {
     fn format(&self) -> Format;
     /// Classifies `range` into coalesced extents covering it exactly.
     fn extents(&self, range: Range<u64>) -> Result<Vec<Extent>>;
+    /// Starts reading the data under `range` in the background, so that reads of
+    /// it soon after find it in memory (a hint: the default does nothing, and
+    /// errors are left to the real read).
+    fn prefetch(&self, _range: Range<u64>) {}
 }

@@ -720,6 +720,37 @@ impl Layer for Qcow2Layer {
         Ok(())
     }
 
+    fn prefetch_data(&self, offset: u64, len: u64) {
+        // The host-contiguous stretches of uncompressed clusters (compressed ones
+        // are read whole, through the cluster cache, when decompressed).
+        let mut cur = Cursor::default();
+        let mut pending: Option<(u64, u64)> = None;
+        let mut pos = 0;
+        while pos < len {
+            let Ok((m, n)) = self.mapping(offset + pos, &mut cur) else {
+                break;
+            };
+            let n = n.min(len - pos);
+            match (m, &mut pending) {
+                (Qcow2Mapping::Data { host }, Some((h, l))) if h.checked_add(*l) == Some(host) => {
+                    *l += n
+                }
+                (m, _) => {
+                    if let Some((h, l)) = pending.take() {
+                        self.data_src().will_need(h, l);
+                    }
+                    if let Qcow2Mapping::Data { host } = m {
+                        pending = Some((host, n));
+                    }
+                }
+            }
+            pos += n;
+        }
+        if let Some((h, l)) = pending {
+            self.data_src().will_need(h, l);
+        }
+    }
+
     fn bytes_read(&self) -> u64 {
         self.src.bytes_read() + self.data.as_ref().map_or(0, |d| d.bytes_read())
     }

@@ -56,6 +56,10 @@ impl Layer for RawLayer {
         self.src.read_exact_at(offset, buf)
     }
 
+    fn prefetch_data(&self, offset: u64, len: u64) {
+        self.src.will_need(offset, len);
+    }
+
     fn bytes_read(&self) -> u64 {
         self.src.bytes_read()
     }

@@ -72,6 +72,9 @@ pub trait Backend: Send + Sync {
     fn recover_aside(&self) -> Result<usize>;
     /// Reads an object that an interrupted removal left aside, if there is one.
     fn get_aside(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Prepares for many lookups of objects under `prefix` (a hint, errors ignored;
+    /// the default does nothing).
+    fn warm_up(&self, _prefix: &str) {}
 }
 
 /// A listed object.
@@ -158,6 +161,13 @@ impl LocalBackend {
             f.write_all(data)?;
             if sync {
                 f.sync_all()?;
+            } else {
+                // Starts the writeback now (POSIX_FADV_DONTNEED on dirty pages does,
+                // without waiting): the device writes while the backup reads and
+                // compresses, so the syncfs that makes the batch durable finds little
+                // left (incremental of 90 MiB: 0.565 s -> 0.515 s median, cold), and
+                // the host's dirty page cache stays small during a long full.
+                let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
             }
             Ok(())
         })();
@@ -278,6 +288,21 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 impl Backend for LocalBackend {
+    /// Looks up a missing name in each directory under `prefix`: that reads the
+    /// directories' blocks (or, for a large hashed directory, its index) into memory.
+    /// Done up front by one thread, it spares the capture workers a cold directory
+    /// read each for their first chunk in a directory, which they would otherwise
+    /// wait for behind the source's reads (measured: 0.28 s of workers' time in an
+    /// incremental of 580 chunks into 256 directories).
+    fn warm_up(&self, prefix: &str) {
+        let Ok(dirs) = fs::read_dir(self.root.join(prefix)) else {
+            return;
+        };
+        for d in dirs.flatten() {
+            let _ = fs::symlink_metadata(d.path().join(".warm-up"));
+        }
+    }
+
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         let path = self.path(key)?;
         fs::read(&path).map_err(|e| missing_or_io(&self.location(), key, &path, e))
