@@ -382,6 +382,24 @@ impl Layer for VhdLayer {
         }
     }
 
+    fn prefetch_data(&self, offset: u64, len: u64) {
+        match &self.kind {
+            Kind::Fixed { .. } => self.src.will_need(offset, len),
+            Kind::Sparse(s) => {
+                let mut pos = offset;
+                let end = offset.saturating_add(len);
+                while pos < end {
+                    let in_block = pos % s.block_size;
+                    let n = (end - pos).min(s.block_size - in_block);
+                    if let Some(at) = s.bat.data_offset(pos / s.block_size) {
+                        self.src.will_need(at.saturating_add(in_block), n);
+                    }
+                    pos += n;
+                }
+            }
+        }
+    }
+
     fn bytes_read(&self) -> u64 {
         self.src.bytes_read()
     }

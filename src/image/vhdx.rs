@@ -397,6 +397,31 @@ impl Layer for VhdxLayer {
         Ok(())
     }
 
+    fn prefetch_data(&self, offset: u64, len: u64) {
+        let bs = self.geo.block_size;
+        let mut pos = offset;
+        let end = offset.saturating_add(len);
+        while pos < end {
+            let within = pos % bs;
+            let n = (end - pos).min(bs - within);
+            match self.bat.payload(pos / bs) {
+                Some(p)
+                    if matches!(
+                        p.state,
+                        PayloadState::FullyPresent | PayloadState::PartiallyPresent
+                    ) =>
+                {
+                    // The log's replayed sectors are in memory; the file's are read ahead.
+                    self.src
+                        .file
+                        .will_need(p.file_offset.saturating_add(within), n)
+                }
+                _ => {}
+            }
+            pos += n;
+        }
+    }
+
     fn bytes_read(&self) -> u64 {
         self.src.file.bytes_read()
     }

@@ -394,6 +394,24 @@ impl Layer for VmdkLayer {
         Ok(())
     }
 
+    fn prefetch_data(&self, offset: u64, len: u64) {
+        // Flat extents only (a sparse extent's grains are found through its tables
+        // when read).
+        let mut done = 0;
+        while done < len {
+            let off = offset + done;
+            let Some(slot) = self.slot_index(off).ok().and_then(|i| self.slots.get(i)) else {
+                break;
+            };
+            let rel = off - slot.start;
+            let n = (slot.len - rel).min(len - done).max(1);
+            if let ExtentReader::Flat { src, start } = &slot.reader {
+                src.will_need(start.saturating_add(rel), n);
+            }
+            done += n;
+        }
+    }
+
     fn bytes_read(&self) -> u64 {
         self.sources.iter().map(|s| s.bytes_read()).sum()
     }
