@@ -77,7 +77,15 @@ pub struct NbdDisk {
     /// Bitmap name and id of its `qemu:dirty-bitmap:` context, when asked for.
     bitmap: Option<(String, u32)>,
     bytes_read: AtomicU64,
+    /// The last `base:allocation` answer (consecutive extents), reused by the chunks
+    /// it covers: one request per [`STATUS_LOOKAHEAD`] instead of one per chunk
+    /// spares a round trip, and a turn at the connection's lock, per chunk (10,000
+    /// round trips for a 2.5 GiB full at 256 KiB chunks: seconds over a network).
+    allocation_window: Mutex<Vec<client::StatusExtent>>,
 }
+
+/// How far past the asked range an allocation status request reaches.
+const STATUS_LOOKAHEAD: u64 = 64 << 20;
 
 impl std::fmt::Debug for NbdDisk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -144,6 +152,7 @@ impl NbdDisk {
             bitmap,
             client: Mutex::new(client),
             bytes_read: AtomicU64::new(0),
+            allocation_window: Mutex::new(Vec::new()),
         })
     }
 
@@ -281,11 +290,64 @@ impl DiskImage for NbdDisk {
         }
         match self.allocation {
             None => push_extent(&mut out, range.start, end - range.start, RunKind::Data),
-            Some(id) => self.walk_status(id, range.start..end, |s| {
-                push_extent(&mut out, s.offset, s.length, allocation_kind(s.flags))
-            })?,
+            Some(id) => {
+                let mut pos = range.start;
+                while pos < end {
+                    let s = match self.cached_allocation(pos) {
+                        Some(s) => s,
+                        None => self.refill_allocation(id, pos, end)?,
+                    };
+                    let n = (s.offset + s.length).min(end) - pos;
+                    push_extent(&mut out, pos, n, allocation_kind(s.flags));
+                    pos += n;
+                }
+            }
         }
         Ok(out)
+    }
+}
+
+impl NbdDisk {
+    /// The cached allocation extent holding `pos`, if any.
+    fn cached_allocation(&self, pos: u64) -> Option<client::StatusExtent> {
+        let window = self
+            .allocation_window
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let i = window.partition_point(|s| s.offset + s.length <= pos);
+        window.get(i).filter(|s| s.offset <= pos).copied()
+    }
+
+    /// Asks for the allocation from `pos` to [`STATUS_LOOKAHEAD`] past `end` (the
+    /// server may describe less), keeps the answer, and returns its first extent.
+    fn refill_allocation(&self, id: u32, pos: u64, end: u64) -> Result<client::StatusExtent> {
+        let want = end
+            .saturating_add(STATUS_LOOKAHEAD)
+            .min(self.size)
+            .saturating_sub(pos);
+        let extents = self.lock().block_status(id, pos, want)?;
+        let mut at = pos;
+        for s in &extents {
+            // The client returns consecutive extents from `pos`, inside the range.
+            if s.offset != at || s.length == 0 || s.offset + s.length > pos + want {
+                return Err(Error::Nbd {
+                    uri: self.uri.clone(),
+                    step: format!("block status at offset {pos:#x}"),
+                    reason: "internal: extents out of order".to_string(),
+                });
+            }
+            at += s.length;
+        }
+        let first = *extents.first().ok_or_else(|| Error::Nbd {
+            uri: self.uri.clone(),
+            step: format!("block status at offset {pos:#x}"),
+            reason: "internal: no extent returned".to_string(),
+        })?;
+        *self
+            .allocation_window
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = extents;
+        Ok(first)
     }
 }
 
