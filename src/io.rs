@@ -8,6 +8,7 @@
 //! measured slower for exports on the benchmark machine: the kernel's readahead keeps
 //! more of the device busy than a few direct requests in flight.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
@@ -33,9 +34,15 @@ pub struct FileSource {
     path: PathBuf,
     size: u64,
     bytes_read: AtomicU64,
-    /// The last data and hole spans SEEK_DATA / SEEK_HOLE reported (see [`FileSource::span_at`]).
-    spans: Mutex<[Option<Span>; 2]>,
+    /// The data and hole spans SEEK_DATA / SEEK_HOLE reported so far, by start
+    /// (see [`FileSource::span_at`]).
+    spans: Mutex<BTreeMap<u64, Span>>,
 }
+
+/// Spans a [`FileSource`] remembers (24 bytes each): more than any image on the
+/// benchmark needs, and a bound however fragmented a hostile file is. When full, the
+/// map starts again (correct, only slower).
+const MAX_SPANS: usize = 1 << 16;
 
 /// A stretch of a file that is all data or all hole: `[start, end)`.
 #[derive(Debug, Clone, Copy)]
@@ -57,24 +64,28 @@ impl FileSource {
             path: path.to_path_buf(),
             size,
             bytes_read: AtomicU64::new(0),
-            spans: Mutex::new([None, None]),
+            spans: Mutex::new(BTreeMap::new()),
         })
     }
 
     /// Whether the span at `offset` is data (`true`) or a hole, and where it ends,
     /// from SEEK_DATA / SEEK_HOLE; `None` when the filesystem cannot tell (then
-    /// everything is data). The last data span and the last hole are remembered, so a
-    /// sequential scan of a mostly dense image costs two system calls, not two per
-    /// query (on ext4 each costs an extent-tree walk). Images are read-only.
+    /// everything is data). Every span found is remembered (images are read-only), so
+    /// the readers of a fragmented image, each at its own place, ask the kernel once
+    /// per span, not once per read: on ext4 each query walks the extent tree under
+    /// the inode's lock, and workers reading a qcow2 with holes between its clusters
+    /// made thousands of them per export.
+    ///
+    /// Two spans found from different offsets inside one stretch end at the same
+    /// place (the next transition), so the span with the greatest start at or before
+    /// `offset` is the only one that can hold it.
     pub fn span_at(&self, offset: u64) -> Option<(bool, u64)> {
         {
             let spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(s) = spans
-                .iter()
-                .flatten()
-                .find(|s| s.start <= offset && offset < s.end)
-            {
-                return Some((s.data, s.end));
+            if let Some((_, s)) = spans.range(..=offset).next_back() {
+                if offset < s.end {
+                    return Some((s.data, s.end));
+                }
             }
         }
         use rustix::fs::{seek, SeekFrom as RSeek};
@@ -108,7 +119,10 @@ impl FileSource {
             _ => return None,
         };
         let mut spans = self.spans.lock().unwrap_or_else(|p| p.into_inner());
-        spans[usize::from(!span.data)] = Some(span);
+        if spans.len() >= MAX_SPANS {
+            spans.clear();
+        }
+        spans.insert(span.start, span);
         Some((span.data, span.end))
     }
 
@@ -394,5 +408,11 @@ mod tests {
         assert_eq!(src.span_at(100), Some((true, 1 << 20)));
         assert_eq!(src.span_at((3 << 20) + 5), Some((true, 4 << 20)));
         assert_eq!(src.span_at(4 << 20), Some((false, u64::MAX)));
+        // Every span found is kept: going back to an earlier one asks nothing new.
+        let known = src.spans.lock().unwrap().len();
+        assert_eq!(known, 5);
+        assert_eq!(src.span_at(5000), Some((true, 1 << 20)));
+        assert_eq!(src.span_at((2 << 20) + 7), Some((false, 3 << 20)));
+        assert_eq!(src.spans.lock().unwrap().len(), known);
     }
 }
