@@ -25,6 +25,13 @@ use crate::progress::bytes_bar;
 /// 512 MiB) never spans two pieces. 1 MiB: a piece is copied into memory by its
 /// read and out by its write, and small pieces are still in the CPU caches then.
 pub(super) const PIECE: u64 = 1 << 20;
+/// How far ahead of the piece it reads a worker asks the kernel to start reading
+/// (`DiskImage::prefetch`, POSIX_FADV_WILLNEED): each piece is asked for once, a few
+/// pieces before a worker needs it. Measured on the benchmark VM, raw image to
+/// qcow2, cold, 3 interleaved runs: 5.43 / 6.15 / 5.50 s without it, 4.49 / 5.03 /
+/// 3.99 s with 4 MiB (8 and 16 MiB no better), with about 40% less CPU: the
+/// readahead the reads themselves trigger was the costlier way to fill the cache.
+const READ_AHEAD: u64 = 4 << 20;
 /// Pieces per worker that may be read ahead of the sink or wait for their writes:
 /// enough to keep every worker busy, and memory at a few MiB per worker.
 const WINDOW_PER_WORKER: usize = 2;
@@ -230,6 +237,9 @@ pub(super) fn walk<P: Send>(
         match job {
             Job::Read(index, r) => {
                 let read = (|| {
+                    disk.prefetch(
+                        r.start.saturating_add(READ_AHEAD)..r.end.saturating_add(READ_AHEAD),
+                    );
                     // OK: a piece is at most PIECE long.
                     let mut buf = pool.get((r.end - r.start) as usize);
                     disk.read_exact_at(r.start, buf.as_mut_slice())?;
