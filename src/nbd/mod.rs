@@ -222,21 +222,42 @@ impl NbdDisk {
         let mut pos = range.start;
         let mut c = self.lock();
         while pos < end {
-            let extents = c.block_status(context, pos, end - pos)?;
-            for s in &extents {
-                // The client returns consecutive extents from `pos`, inside the range.
-                if s.offset != pos || s.length == 0 || s.offset + s.length > end {
-                    return Err(Error::Nbd {
-                        uri: self.uri.clone(),
-                        step: format!("block status at offset {pos:#x}"),
-                        reason: "internal: extents out of order".to_string(),
-                    });
-                }
+            for s in &self.status_from(&mut c, context, pos, end - pos)? {
                 f(s);
                 pos += s.length;
             }
         }
         Ok(())
+    }
+
+    /// One BLOCK_STATUS request for `len` bytes at `pos`: a non-empty run of
+    /// consecutive extents starting at `pos` and inside the request (the server may
+    /// describe less than asked).
+    fn status_from(
+        &self,
+        c: &mut NbdClient<Connection>,
+        context: u32,
+        pos: u64,
+        len: u64,
+    ) -> Result<Vec<client::StatusExtent>> {
+        let extents = c.block_status(context, pos, len)?;
+        let internal = |reason: &str| Error::Nbd {
+            uri: self.uri.clone(),
+            step: format!("block status at offset {pos:#x}"),
+            reason: format!("internal: {reason}"),
+        };
+        let mut at = pos;
+        for s in &extents {
+            // The client promises this; a slip here would misplace data silently.
+            if s.offset != at || s.length == 0 || s.offset + s.length > pos + len {
+                return Err(internal("extents out of order"));
+            }
+            at += s.length;
+        }
+        if extents.is_empty() {
+            return Err(internal("no extent returned"));
+        }
+        Ok(extents)
     }
 }
 
@@ -325,24 +346,8 @@ impl NbdDisk {
             .saturating_add(STATUS_LOOKAHEAD)
             .min(self.size)
             .saturating_sub(pos);
-        let extents = self.lock().block_status(id, pos, want)?;
-        let mut at = pos;
-        for s in &extents {
-            // The client returns consecutive extents from `pos`, inside the range.
-            if s.offset != at || s.length == 0 || s.offset + s.length > pos + want {
-                return Err(Error::Nbd {
-                    uri: self.uri.clone(),
-                    step: format!("block status at offset {pos:#x}"),
-                    reason: "internal: extents out of order".to_string(),
-                });
-            }
-            at += s.length;
-        }
-        let first = *extents.first().ok_or_else(|| Error::Nbd {
-            uri: self.uri.clone(),
-            step: format!("block status at offset {pos:#x}"),
-            reason: "internal: no extent returned".to_string(),
-        })?;
+        let extents = self.status_from(&mut self.lock(), id, pos, want)?;
+        let first = extents[0];
         *self
             .allocation_window
             .lock()
