@@ -49,11 +49,93 @@ pub struct Ext4Fs {
     volume: Arc<dyn ReadAt>,
 }
 
-/// One worker's state: the filesystem and the file it read last (sequential reads
-/// of one file then cost no path resolution).
+/// One worker's state: the filesystem and its open files ([`Cursors`]).
 struct Worker {
     fs: Ext4,
-    open: Option<(NodeId, ext4_view::File)>,
+    cursors: Cursors,
+}
+
+/// Open files a worker keeps, most recently used first, each where its last read
+/// ended. ext4-view's `seek_to` walks the file's blocks from its start, so a seek
+/// costs time in proportion to the offset: reading a 1 GiB file through the mount in
+/// 128 KiB requests spent 48% of the CPU there. A read that continues a cursor
+/// needs no seek (a sequential reader, and the readahead running ahead of it, each
+/// continue their own), and a short gap ahead of a cursor is read over when that
+/// is cheaper than seeking from the start.
+#[derive(Default)]
+struct Cursors(std::collections::VecDeque<(NodeId, ext4_view::File)>);
+
+/// Cursors per worker, and per file within them.
+const CURSORS: usize = 8;
+const CURSORS_PER_FILE: usize = 3;
+/// Reading a block costs about this many times what stepping over one does in a
+/// seek (a chunk-cache lookup and a copy against an iterator step); measured ~250.
+const READ_OVER_STEP: u64 = 256;
+/// Never read over more than this to reach an offset.
+const MAX_READ_OVER: u64 = 2 << 20;
+
+impl Cursors {
+    /// Takes a cursor on `file` at `offset` out of the set: one that is there
+    /// already, one a short gap behind read forward, a new one (`open`), or the
+    /// oldest of the file's sought, whichever is cheapest. Give it back with
+    /// [`Cursors::put`].
+    fn take(
+        &mut self,
+        file: NodeId,
+        offset: u64,
+        open: impl FnOnce() -> std::result::Result<ext4_view::File, Ext4Error>,
+    ) -> std::result::Result<ext4_view::File, Ext4Error> {
+        let mine = |c: &(NodeId, ext4_view::File)| c.0 == file;
+        let found = self
+            .0
+            .iter()
+            .position(|c| mine(c) && c.1.position() == offset)
+            .or_else(|| {
+                self.0
+                    .iter()
+                    .position(|c| mine(c) && read_over_pays(c.1.position(), offset))
+            });
+        let taken = match found {
+            Some(i) => self.0.remove(i),
+            None if self.0.iter().filter(|c| mine(c)).count() >= CURSORS_PER_FILE => {
+                self.0.iter().rposition(mine).and_then(|i| self.0.remove(i))
+            }
+            None => None,
+        };
+        let mut f = match taken {
+            Some((_, f)) => f,
+            None => open()?,
+        };
+        let pos = f.position();
+        if pos != offset && read_over_pays(pos, offset) {
+            let mut skip = vec![0u8; (offset - pos) as usize]; // ≤ MAX_READ_OVER
+            let mut got = 0;
+            while got < skip.len() {
+                match f.read_bytes(&mut skip[got..])? {
+                    0 => break,
+                    n => got += n,
+                }
+            }
+        }
+        // Past the end there is nothing to read (and a seek would walk that far).
+        if f.position() != offset && offset < f.metadata().len() {
+            f.seek_to(offset)?;
+        }
+        Ok(f)
+    }
+
+    /// Returns a cursor taken with [`Cursors::take`], as the most recent.
+    fn put(&mut self, file: NodeId, f: ext4_view::File) {
+        if self.0.len() >= CURSORS {
+            self.0.pop_back();
+        }
+        self.0.push_front((file, f));
+    }
+}
+
+/// Whether reading from `pos` up to `offset` is cheaper than seeking to `offset`.
+fn read_over_pays(pos: u64, offset: u64) -> bool {
+    pos < offset && offset - pos <= MAX_READ_OVER && (offset - pos) * READ_OVER_STEP < offset
 }
 
 #[derive(Default)]
@@ -98,7 +180,10 @@ impl Ext4Fs {
         let pool = Confined::start(WORKERS, name, move || {
             let fs = Ext4::load(Box::new(VolumeReader(vol.clone())))
                 .map_err(|e| fs_error(&err_name, "superblock / journal", e))?;
-            Ok(Worker { fs, open: None })
+            Ok(Worker {
+                fs,
+                cursors: Cursors::default(),
+            })
         })?;
         let label = pool
             .run(|w| w.fs.label().to_str().ok().map(str::to_string))?
@@ -299,18 +384,14 @@ impl GuestFs for Ext4Fs {
         let len = buf.len();
         let data = self.pool.run(move |w| -> Result<Vec<u8>> {
             let err = |e| fs_error(&fs_name, &String::from_utf8_lossy(&path), e);
-            if w.open.as_ref().map(|(n, _)| *n) != Some(file) {
-                w.open = Some((file, w.fs.open(path.as_slice()).map_err(err)?));
-            }
-            // OK: set just above.
-            let Some((_, f)) = w.open.as_mut() else {
-                return Ok(Vec::new());
-            };
+            let Worker { fs, cursors } = w;
+            let mut f = cursors
+                .take(file, offset, || fs.open(path.as_slice()))
+                .map_err(err)?;
             let size = f.metadata().len();
             if offset >= size {
                 return Ok(Vec::new());
             }
-            f.seek_to(offset).map_err(err)?;
             let mut out = vec![0u8; len.min((size - offset) as usize)];
             let mut got = 0;
             while got < out.len() {
@@ -321,6 +402,7 @@ impl GuestFs for Ext4Fs {
                 got += n;
             }
             out.truncate(got);
+            cursors.put(file, f);
             Ok(out)
         })??;
         buf[..data.len()].copy_from_slice(&data);
