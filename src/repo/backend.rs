@@ -75,6 +75,9 @@ pub trait Backend: Send + Sync {
     /// Prepares for many lookups of objects under `prefix` (a hint, errors ignored;
     /// the default does nothing).
     fn warm_up(&self, _prefix: &str) {}
+    /// Hints that the object will be read soon, so that fetching it can start now,
+    /// alongside others (a hint, errors ignored; the default does nothing).
+    fn will_need(&self, _key: &str) {}
 }
 
 /// A listed object.
@@ -300,6 +303,18 @@ impl Backend for LocalBackend {
         };
         for d in dirs.flatten() {
             let _ = fs::symlink_metadata(d.path().join(".warm-up"));
+        }
+    }
+
+    /// POSIX_FADV_WILLNEED on the object's file: the kernel starts reading it
+    /// without waiting, so the chunks a reader will want next come from the device
+    /// together instead of one synchronous read at a time.
+    fn will_need(&self, key: &str) {
+        let Ok(path) = self.path(key) else {
+            return;
+        };
+        if let Ok(f) = File::open(path) {
+            let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::WillNeed);
         }
     }
 

@@ -160,6 +160,11 @@ impl Repository {
         self.backend.sync()
     }
 
+    /// Hints that chunk `id` will be read soon (see [`Backend::will_need`]).
+    pub fn will_need_chunk(&self, id: &ChunkId) {
+        self.backend.will_need(&id.key());
+    }
+
     /// Reads, decompresses and verifies chunk `id` (also from where an interrupted gc
     /// left it aside).
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {

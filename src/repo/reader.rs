@@ -161,20 +161,32 @@ impl RestorePointDisk {
     /// chunk that is already there, so a prefetch that fell behind the reader costs
     /// nothing.
     pub fn prefetch(&self, range: Range<u64>) -> Result<()> {
-        let cs = u64::from(self.index.chunk_size.max(1));
-        let end = range.end.min(self.index.disk_size);
-        let mut off = range.start;
-        while off < end {
-            let i = usize::try_from(off / cs).unwrap_or(usize::MAX);
-            if let Some(Some(id)) = self.index.entries.get(i) {
-                if self.cache.contains(id) {
-                    return Ok(());
-                }
-                self.chunk(i)?;
-            }
-            off = (off / cs + 1) * cs;
+        for i in self.will_need(range) {
+            self.chunk(i)?;
         }
         Ok(())
+    }
+
+    /// Tells the repository about the stored chunks under `range` that are not in
+    /// the cache, up to the first one that is, so that their reads are in flight
+    /// together (while the first ones are decompressed) instead of one at a time.
+    /// Returns their numbers, in order.
+    fn will_need(&self, range: Range<u64>) -> Vec<usize> {
+        let cs = u64::from(self.index.chunk_size.max(1));
+        let end = range.end.min(self.index.disk_size);
+        let first = usize::try_from(range.start / cs).unwrap_or(usize::MAX);
+        let last = usize::try_from(end.div_ceil(cs)).unwrap_or(usize::MAX);
+        let mut wanted = Vec::new();
+        for i in first..last.min(self.index.entries.len()) {
+            if let Some(id) = &self.index.entries[i] {
+                if self.cache.contains(id) {
+                    break;
+                }
+                self.repo.will_need_chunk(id);
+                wanted.push(i);
+            }
+        }
+        wanted
     }
 
     /// The plaintext of chunk `i`, from the cache or the repository.
@@ -247,6 +259,10 @@ impl ReadAt for RestorePointDisk {
             });
         }
         let cs = self.index.chunk_size as u64;
+        if offset % cs + buf.len() as u64 > cs {
+            // Several chunks: ask for all of them before waiting for the first.
+            self.will_need(offset..offset + buf.len() as u64);
+        }
         let mut pos = 0usize;
         while pos < buf.len() {
             let off = offset + pos as u64;
@@ -266,6 +282,12 @@ impl ReadAt for RestorePointDisk {
 impl DiskImage for RestorePointDisk {
     fn format(&self) -> Format {
         Format::Raw
+    }
+
+    /// Starts the reads of the chunks under `range` (a hint: they are loaded, and
+    /// verified, when read).
+    fn prefetch(&self, range: Range<u64>) {
+        self.will_need(range);
     }
 
     /// Stored chunks are data; all-zero chunks were never stored and read as holes.
