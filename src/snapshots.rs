@@ -87,6 +87,7 @@ pub fn render(list: &[Snapshot]) -> String {
             extra
         );
     }
-    out += &format!("{} restore points\n", list.len());
+    let n = list.len();
+    out += &format!("{n} restore point{}\n", if n == 1 { "" } else { "s" });
     out
 }
