@@ -12,8 +12,8 @@ use crate::export::{ExportFormat, Subformat};
 #[derive(Debug, Parser)]
 #[command(name = "vmback", version, about, long_about = None, after_help = TOP_HELP)]
 pub struct Cli {
-    /// Worker threads for parallel work (default: all cores; backup and run: one
-    /// more, so that a core keeps working while a worker waits on its read).
+    /// Worker threads for parallel work (default: all cores; backup and run: three
+    /// per core, so that the cores keep working while workers wait on their reads).
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
 

@@ -3,10 +3,12 @@
 //! One handle serves rayon workers and FUSE threads at once, so everything is
 //! `&self` + `Send + Sync` and reads are `pread`-style (no shared cursor).
 //!
-//! Reads go through the page cache, as qemu-img's do. O_DIRECT was tried for bulk
-//! reads (an image is read once, so caching it evicts the host's working set) and
-//! measured slower for exports on the benchmark machine: the kernel's readahead keeps
-//! more of the device busy than a few direct requests in flight.
+//! Reads go through the page cache, as qemu-img's do, except where a caller asks a
+//! [`FileSource`] to bypass it ([`FileSource::bypass_cache`]): a backup reads each
+//! block of a raw disk once, so caching it only evicts the host's working set and
+//! costs CPU (see the backup's source). Exports keep the page cache: there O_DIRECT
+//! was measured slower, the kernel's readahead keeping more of the device busy than
+//! a few direct requests in flight.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,7 +16,7 @@ use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use crate::error::{Error, Result};
 
@@ -37,7 +39,14 @@ pub struct FileSource {
     /// The data and hole spans SEEK_DATA / SEEK_HOLE reported so far, by start
     /// (see [`FileSource::span_at`]).
     spans: Mutex<BTreeMap<u64, Span>>,
+    /// The file opened again with O_DIRECT, once [`FileSource::bypass_cache`] asked
+    /// for it (`None` inside: the filesystem refused).
+    direct: OnceLock<Option<File>>,
 }
+
+/// Alignment of offset, length and memory a read needs to bypass the page cache:
+/// a page, which covers the 512- and 4096-byte sectors of devices and filesystems.
+const DIRECT_ALIGN: usize = 4096;
 
 /// Spans a [`FileSource`] remembers (24 bytes each): more than any image on the
 /// benchmark needs, and a bound however fragmented a hostile file is. When full, the
@@ -65,6 +74,7 @@ impl FileSource {
             size,
             bytes_read: AtomicU64::new(0),
             spans: Mutex::new(BTreeMap::new()),
+            direct: OnceLock::new(),
         })
     }
 
@@ -136,11 +146,40 @@ impl FileSource {
         &self.file
     }
 
+    /// From now on, reads whose offset, length and buffer are page-aligned bypass
+    /// the page cache (O_DIRECT; the others, and every read where the filesystem
+    /// refuses it, still go through it). For data read once: it then neither evicts
+    /// the host's working set nor costs the copy into and out of the cache (a full
+    /// backup of the 2.4 GiB mount-bench disk: 4.5 s -> 2.4 s of system time).
+    pub fn bypass_cache(&self) {
+        self.direct.get_or_init(|| {
+            use rustix::fs::{open, Mode, OFlags};
+            let flags = OFlags::RDONLY | OFlags::DIRECT | OFlags::CLOEXEC;
+            open(&self.path, flags, Mode::empty()).ok().map(File::from)
+        });
+    }
+
+    /// The O_DIRECT file when a read of `len` bytes at `offset` into `buf` may use it.
+    fn direct_for(&self, offset: u64, buf: &[u8]) -> Option<&File> {
+        let aligned = offset % DIRECT_ALIGN as u64 == 0
+            && buf.len() % DIRECT_ALIGN == 0
+            && (buf.as_ptr() as usize) % DIRECT_ALIGN == 0;
+        if aligned {
+            self.direct.get()?.as_ref()
+        } else {
+            None
+        }
+    }
+
     /// Asks the kernel to start reading `len` bytes at `offset` into the page cache
     /// (`POSIX_FADV_WILLNEED`) without waiting for them: the reads of scattered
     /// ranges are then in flight together instead of one per worker. A hint only:
-    /// errors are ignored (the real read reports them).
+    /// errors are ignored (the real read reports them). Nothing when reads bypass
+    /// the cache (the data would be read twice).
     pub fn will_need(&self, offset: u64, len: u64) {
+        if self.direct.get().is_some_and(Option::is_some) {
+            return;
+        }
         let len = len.min(self.size.saturating_sub(offset));
         if let Some(len) = std::num::NonZeroU64::new(len) {
             let _ =
@@ -186,7 +225,18 @@ impl ReadAt for FileSource {
                 ),
             });
         }
-        self.file.read_exact_at(buf, offset).map_err(|e| {
+        let direct = self
+            .direct_for(offset, buf)
+            .map(|f| f.read_exact_at(buf, offset));
+        let result = match direct {
+            Some(Ok(())) => Ok(()),
+            // EINVAL: this filesystem wants another alignment; the page cache serves.
+            Some(Err(e)) if e.raw_os_error() != Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                Err(e)
+            }
+            _ => self.file.read_exact_at(buf, offset),
+        };
+        result.map_err(|e| {
             Error::io(
                 &self.path,
                 format!("read {} bytes at offset {offset:#x}", buf.len()),
@@ -379,21 +429,34 @@ mod tests {
     #[test]
     fn aligned_and_misaligned_reads_return_the_same_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let src = FileSource::open(&sample(dir.path())).unwrap();
-        let mut mem = vec![0u8; (1 << 20) + 8192];
-        let at = mem.as_ptr().align_offset(4096);
-        // Page-aligned buffer and offset, then neither.
-        for (off, start) in [(3u64 << 20, at), ((3 << 20) + 1, at + 1)] {
-            let buf = &mut mem[start..start + (512 << 10)];
-            src.read_exact_at(off, buf).unwrap();
-            assert!(buf
-                .iter()
-                .enumerate()
-                .all(|(i, &b)| b == ((off + i as u64) % 251) as u8));
+        let path = sample(dir.path());
+        // Through the page cache, then bypassing it (where this filesystem allows).
+        for bypass in [false, true] {
+            let src = FileSource::open(&path).unwrap();
+            let mut mem = vec![0u8; (1 << 20) + 8192];
+            let at = mem.as_ptr().align_offset(4096);
+            if bypass {
+                src.bypass_cache();
+                let direct = src.direct_for(3 << 20, &mem[at..at + 4096]).is_some();
+                eprintln!("O_DIRECT on {}: {direct}", dir.path().display());
+                // Misaligned reads never take the direct path.
+                assert!(src.direct_for((3 << 20) + 1, &mem[at..at + 4096]).is_none());
+                assert!(src.direct_for(3 << 20, &mem[at + 1..at + 4097]).is_none());
+                assert!(src.direct_for(3 << 20, &mem[at..at + 4095]).is_none());
+            }
+            // Page-aligned buffer and offset, then neither.
+            for (off, start) in [(3u64 << 20, at), ((3 << 20) + 1, at + 1)] {
+                let buf = &mut mem[start..start + (512 << 10)];
+                src.read_exact_at(off, buf).unwrap();
+                assert!(buf
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &b)| b == ((off + i as u64) % 251) as u8));
+            }
+            assert_eq!(src.bytes_read(), 2 * (512 << 10));
+            // Past the end is an error.
+            assert!(src.read_exact_at(5 << 20, &mut mem[at..at + 4096]).is_err());
         }
-        assert_eq!(src.bytes_read(), 2 * (512 << 10));
-        // Past the end is an error.
-        assert!(src.read_exact_at(5 << 20, &mut mem[at..at + 4096]).is_err());
     }
 
     #[test]

@@ -41,7 +41,11 @@ impl Source {
                     "{spec}: --dirty-bitmap needs an NBD source (nbd://… or nbd+unix://…), e.g. qemu-nbd -B NAME"
                 )));
             }
-            Kind::Image(Arc::new(image::open(Path::new(spec))?))
+            let disk = image::open(Path::new(spec))?;
+            // Each block is read once: keeping it in the host's page cache would
+            // only evict what the host's VMs use, and cost CPU the backup needs.
+            disk.bypass_cache();
+            Kind::Image(Arc::new(disk))
         };
         Ok(Source {
             spec: spec.to_string(),

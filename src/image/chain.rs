@@ -358,4 +358,10 @@ impl DiskImage for Disk {
         // A hint: a broken table shows up, with its error, in the read that follows.
         let _ = self.prefetch_level(0, range.start..range.end.min(self.size));
     }
+
+    fn bypass_cache(&self) {
+        for l in &self.layers {
+            l.bypass_cache();
+        }
+    }
 }

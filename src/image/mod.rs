@@ -198,6 +198,9 @@ pub trait Layer: Send + Sync {
     /// Starts reading a range that one `run_at` call reported as `Data`, without
     /// waiting (a hint ahead of [`Layer::read_data`]; the default does nothing).
     fn prefetch_data(&self, _offset: u64, _len: u64) {}
+    /// Lets aligned reads of the layer's data bypass the page cache (see
+    /// [`crate::io::FileSource::bypass_cache`]); the default keeps it.
+    fn bypass_cache(&self) {}
 }
 
 /// A virtual disk: bytes plus which ranges hold data.
@@ -210,4 +213,7 @@ pub trait DiskImage: ReadAt {
     /// it soon after find it in memory (a hint: the default does nothing, and
     /// errors are left to the real read).
     fn prefetch(&self, _range: Range<u64>) {}
+    /// Lets the reads of data that is read once (a backup) bypass the host's page
+    /// cache where the format allows it; the default keeps it.
+    fn bypass_cache(&self) {}
 }

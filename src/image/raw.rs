@@ -60,6 +60,10 @@ impl Layer for RawLayer {
         self.src.will_need(offset, len);
     }
 
+    fn bypass_cache(&self) {
+        self.src.bypass_cache();
+    }
+
     fn bytes_read(&self) -> u64 {
         self.src.bytes_read()
     }
