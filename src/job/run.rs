@@ -29,7 +29,7 @@ use crate::repo::Repository;
 const ESTIMATE_RATE: u64 = 200 << 20;
 
 /// Worker threads per backup: `threads`, or the global pool's (`--threads`, or
-/// one more than the cores), which the running backups then share.
+/// three per core), which the running backups then share.
 fn threads(job: &Job) -> usize {
     job.limits
         .threads
@@ -135,8 +135,8 @@ pub fn run_job(job: &Job, progress: bool) -> Result<JobReport> {
     let predictions: Vec<Prediction> = job.vms.iter().map(|v| predict(v, &history)).collect();
     let limiter = job.limits.limit_read.map(|r| Arc::new(RateLimiter::new(r)));
     // With `threads`, one pool per slot, kept for the whole job (the backups that
-    // follow each other in a slot reuse its workers); without, the global pool (one
-    // worker per core) serves all running backups, as for `vmback backup`.
+    // follow each other in a slot reuse its workers); without, the global pool
+    // (three workers per core) serves all running backups, as for `vmback backup`.
     let pools: Vec<Result<Arc<rayon::ThreadPool>>> = match job.limits.threads {
         None => Vec::new(),
         Some(n) => (0..job.limits.max_concurrent)
