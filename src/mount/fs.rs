@@ -55,6 +55,9 @@ const MAX_READ: u32 = 16 << 20;
 const NAME_CACHE_ENTRIES: usize = 1 << 18;
 /// Guest paths remembered for error messages.
 const PATH_HINTS: usize = 1 << 16;
+/// Handles kept per inode when the kernel opens files by itself (each a few
+/// hundred bytes plus its readahead state).
+const INODE_HANDLES: usize = 4096;
 /// Lookups in a guest directory after which it is listed (and its names cached).
 const LIST_AFTER_MISSES: u32 = 8;
 /// `lseek` whence values (Linux).
@@ -129,6 +132,10 @@ pub struct MountFs {
     slots: Slots,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
+    /// Whether the kernel opens files without asking (see [`MountFs::open`]); then
+    /// reads carry no handle and find theirs here, one per inode.
+    no_open: bool,
+    by_inode: Mutex<lru::LruCache<u64, Arc<Handle>>>,
     names: Mutex<NameCache>,
     /// Lookups per guest directory not listed yet (see `lookup_guest`).
     misses: Mutex<lru::LruCache<(usize, NodeId), u32>>,
@@ -184,6 +191,10 @@ impl MountFs {
             slots: Slots::default(),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            no_open: false,
+            by_inode: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(INODE_HANDLES).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
             names: Mutex::new(NameCache {
                 lru: lru::LruCache::unbounded(),
                 entries: 0,
@@ -752,6 +763,20 @@ impl MountFs {
         lock(&self.handles).get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
+    /// The handle a read or seek of `ino` comes with: its open's, or, when the
+    /// kernel opened the file without asking (`fh` 0), the inode's own.
+    fn handle_of(&self, ino: INodeNo, fh: FileHandle) -> Answer<Arc<Handle>> {
+        if fh.0 != 0 || !self.no_open {
+            return self.handle(fh);
+        }
+        if let Some(h) = lock(&self.by_inode).get(&ino.0) {
+            return Ok(h.clone());
+        }
+        let h = Arc::new(self.open_file(&self.node(ino)?)?);
+        lock(&self.by_inode).put(ino.0, h.clone());
+        Ok(h)
+    }
+
     fn open_file(&self, node: &Node) -> Answer<Handle> {
         match node {
             Node::DiskImage(d) => {
@@ -924,6 +949,9 @@ impl Filesystem for MountFs {
         }
         let _ = config.set_max_background(64);
         let _ = config.set_max_write(1 << 20);
+        self.no_open = config
+            .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
+            .is_ok();
         Ok(())
     }
 
@@ -967,9 +995,17 @@ impl Filesystem for MountFs {
         }
     }
 
+    /// Where the kernel supports it, the first open answers ENOSYS: from then on
+    /// the kernel opens files by itself, keeping their page cache (a restore point
+    /// never changes), and the round trip per open is gone (`cp -r` of 10,000 small
+    /// files spent most of its time, warm, in opens: 77 µs each).
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             reply.error(Errno::EROFS);
+            return;
+        }
+        if self.no_open {
+            reply.error(Errno::ENOSYS);
             return;
         }
         match self.node(ino).and_then(|n| self.open_file(&n)) {
@@ -990,7 +1026,7 @@ impl Filesystem for MountFs {
         reply: ReplyData,
     ) {
         match self
-            .handle(fh)
+            .handle_of(ino, fh)
             .and_then(|h| self.read_handle(&h, ino, offset, size))
         {
             Ok(buf) => reply.data(&buf),
@@ -1115,7 +1151,7 @@ impl Filesystem for MountFs {
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
@@ -1128,7 +1164,10 @@ impl Filesystem for MountFs {
         let Ok(offset) = u64::try_from(offset) else {
             return reply.error(Errno::ENXIO);
         };
-        match self.handle(fh).and_then(|h| self.seek(&h, offset, whence)) {
+        match self
+            .handle_of(ino, fh)
+            .and_then(|h| self.seek(&h, offset, whence))
+        {
             Ok(pos) => reply.offset(i64::try_from(pos).unwrap_or(i64::MAX)),
             Err(e) => reply.error(e),
         }
