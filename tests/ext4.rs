@@ -200,7 +200,7 @@ fn reads_at_any_offset_match_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
     std::fs::create_dir(&tree).unwrap();
-    // 6 MiB + a tail, written in pieces so that it spans several extents.
+    // 6 MiB and a tail that is not a whole block.
     let data = seeded_bytes(7, (6 << 20) + 12_345);
     std::fs::write(tree.join("big.bin"), &data).unwrap();
     let img = dir.path().join("fs.img");
