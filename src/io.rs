@@ -159,16 +159,17 @@ impl FileSource {
         });
     }
 
-    /// The O_DIRECT file when a read of `len` bytes at `offset` into `buf` may use it.
+    /// The O_DIRECT file, if reads bypass the cache.
+    fn direct_file(&self) -> Option<&File> {
+        self.direct.get()?.as_ref()
+    }
+
+    /// The O_DIRECT file when a read at `offset` into `buf` may use it.
     fn direct_for(&self, offset: u64, buf: &[u8]) -> Option<&File> {
         let aligned = offset % DIRECT_ALIGN as u64 == 0
             && buf.len() % DIRECT_ALIGN == 0
             && (buf.as_ptr() as usize) % DIRECT_ALIGN == 0;
-        if aligned {
-            self.direct.get()?.as_ref()
-        } else {
-            None
-        }
+        self.direct_file().filter(|_| aligned)
     }
 
     /// Asks the kernel to start reading `len` bytes at `offset` into the page cache
@@ -177,7 +178,7 @@ impl FileSource {
     /// errors are ignored (the real read reports them). Nothing when reads bypass
     /// the cache (the data would be read twice).
     pub fn will_need(&self, offset: u64, len: u64) {
-        if self.direct.get().is_some_and(Option::is_some) {
+        if self.direct_file().is_some() {
             return;
         }
         let len = len.min(self.size.saturating_sub(offset));

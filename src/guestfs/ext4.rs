@@ -107,15 +107,8 @@ impl Cursors {
             None => open()?,
         };
         let pos = f.position();
-        if pos != offset && read_over_pays(pos, offset) {
-            let mut skip = vec![0u8; (offset - pos) as usize]; // ≤ MAX_READ_OVER
-            let mut got = 0;
-            while got < skip.len() {
-                match f.read_bytes(&mut skip[got..])? {
-                    0 => break,
-                    n => got += n,
-                }
-            }
+        if read_over_pays(pos, offset) {
+            read_full(&mut f, &mut vec![0u8; (offset - pos) as usize])?; // ≤ MAX_READ_OVER
         }
         // Past the end there is nothing to read (and a seek would walk that far).
         if f.position() != offset && offset < f.metadata().len() {
@@ -131,6 +124,18 @@ impl Cursors {
         }
         self.0.push_front((file, f));
     }
+}
+
+/// Reads from `f` until `buf` is full or the file ends; the bytes read.
+fn read_full(f: &mut ext4_view::File, buf: &mut [u8]) -> std::result::Result<usize, Ext4Error> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read_bytes(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
 }
 
 /// Whether reading from `pos` up to `offset` is cheaper than seeking to `offset`.
@@ -393,14 +398,7 @@ impl GuestFs for Ext4Fs {
                 return Ok(Vec::new());
             }
             let mut out = vec![0u8; len.min((size - offset) as usize)];
-            let mut got = 0;
-            while got < out.len() {
-                let n = f.read_bytes(&mut out[got..]).map_err(err)?;
-                if n == 0 {
-                    break;
-                }
-                got += n;
-            }
+            let got = read_full(&mut f, &mut out).map_err(err)?;
             out.truncate(got);
             cursors.put(file, f);
             Ok(out)

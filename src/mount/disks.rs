@@ -69,7 +69,7 @@ impl RawDisk {
     /// the host's page cache, which does its own readahead: nothing to do.
     pub fn prefetch(&self, range: Range<u64>) -> Result<()> {
         match self {
-            RawDisk::Repo(d) => d.prefetch(range),
+            RawDisk::Repo(d) => d.preload(range),
             RawDisk::Image(_) => Ok(()),
         }
     }

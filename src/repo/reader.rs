@@ -160,7 +160,7 @@ impl RestorePointDisk {
     /// Loads the chunks under `range` into the cache (readahead); stops at the first
     /// chunk that is already there, so a prefetch that fell behind the reader costs
     /// nothing.
-    pub fn prefetch(&self, range: Range<u64>) -> Result<()> {
+    pub fn preload(&self, range: Range<u64>) -> Result<()> {
         for i in self.will_need(range) {
             self.chunk(i)?;
         }
