@@ -435,6 +435,13 @@ impl<S: Read + Write> NbdClient<S> {
 
     /// Sends a request and marks the connection busy until its reply is consumed.
     fn start_request(&mut self, command: u16, offset: u64, length: u32, step: &str) -> Result<u64> {
+        self.check_usable(step)?;
+        self.busy = true;
+        self.send_request(command, offset, length, step)
+    }
+
+    /// Fails unless a new exchange may start.
+    fn check_usable(&self, step: &str) -> Result<()> {
         if !self.in_transmission {
             return Err(self.fail(step, "not connected"));
         }
@@ -444,9 +451,13 @@ impl<S: Read + Write> NbdClient<S> {
                 "the connection is unusable after an earlier protocol error",
             ));
         }
+        Ok(())
+    }
+
+    /// Sends one request under a fresh cookie and returns the cookie.
+    fn send_request(&mut self, command: u16, offset: u64, length: u32, step: &str) -> Result<u64> {
         let cookie = self.next_cookie;
         self.next_cookie = self.next_cookie.wrapping_add(1);
-        self.busy = true;
         let req = proto::encode_request(&Request {
             flags: 0,
             command,
@@ -460,6 +471,18 @@ impl<S: Read + Write> NbdClient<S> {
 
     /// Reads the next reply header, which must carry `cookie`.
     fn recv_reply(&mut self, cookie: u64, step: &str) -> Result<Reply> {
+        let (got, reply) = self.recv_any_reply(step)?;
+        if got != cookie {
+            return Err(self.fail(
+                step,
+                format!("reply for cookie {got:#x}, but the only request in flight is {cookie:#x}"),
+            ));
+        }
+        Ok(reply)
+    }
+
+    /// Reads the next reply header, whatever its cookie; returns the cookie with it.
+    fn recv_any_reply(&mut self, step: &str) -> Result<(u64, Reply)> {
         let mut magic = [0u8; 4];
         self.recv(&mut magic, step)?;
         let reply = match proto::reply_kind(magic).map_err(|e| self.proto_fail(step, e))? {
@@ -486,13 +509,7 @@ impl<S: Read + Write> NbdClient<S> {
             Reply::Simple(r) => r.cookie,
             Reply::Chunk(h) => h.cookie,
         };
-        if got != cookie {
-            return Err(self.fail(
-                step,
-                format!("reply for cookie {got:#x}, but the only request in flight is {cookie:#x}"),
-            ));
-        }
-        Ok(reply)
+        Ok((got, reply))
     }
 
     /// Reads and decodes an error chunk's payload (bounded by [`proto::MAX_ERROR_CHUNK`]).
@@ -549,9 +566,15 @@ impl<S: Read + Write> NbdClient<S> {
         }
     }
 
+    /// The server's minimum block size: reads [`NbdClient::read_many`] sends must be
+    /// aligned to it.
+    pub fn min_block(&self) -> u64 {
+        u64::from(self.block_sizes.minimum.max(1))
+    }
+
     /// The largest read request: the server's maximum payload (at most
     /// [`proto::MAX_READ_REQUEST`]) rounded down to its minimum block size.
-    fn max_read(&self) -> u64 {
+    pub fn max_read(&self) -> u64 {
         let min = u64::from(self.block_sizes.minimum.max(1));
         let max = u64::from(self.block_sizes.maximum.min(proto::MAX_READ_REQUEST));
         (max - max % min).max(min)
@@ -603,157 +626,237 @@ impl<S: Read + Write> NbdClient<S> {
 
     /// One `NBD_CMD_READ` of at most [`proto::MAX_READ_REQUEST`] bytes.
     fn read_request(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let step = format!("read of {} bytes at offset {offset:#x}", buf.len());
-        let length = u32::try_from(buf.len())
-            .ok()
-            .filter(|&l| l <= proto::MAX_READ_REQUEST)
-            .ok_or_else(|| self.fail(&step, "internal: request larger than MAX_READ_REQUEST"))?;
-        let end = offset + u64::from(length);
-        let cookie = self.start_request(proto::NBD_CMD_READ, offset, length, &step)?;
+        self.read_many(&mut [(offset, buf)])
+    }
 
-        if !self.structured {
-            return match self.recv_reply(cookie, &step)? {
-                Reply::Simple(r) if r.error != 0 => {
-                    self.busy = false;
-                    Err(self.fail(
-                        &step,
-                        format!("the server reported {}", proto::errno_name(r.error)),
-                    ))
-                }
-                Reply::Simple(_) => {
-                    self.recv(buf, &step)?;
-                    self.payload_bytes += u64::from(length);
-                    self.busy = false;
-                    Ok(())
-                }
-                Reply::Chunk(_) => {
-                    Err(self.fail(&step, "internal: chunk without structured replies"))
-                }
-            };
-        }
-
-        let mut covered = Coverage::default();
-        let mut error: Option<ChunkError> = None;
-        let mut chunks = 0usize;
-        loop {
-            let h = match self.recv_reply(cookie, &step)? {
-                Reply::Simple(r) if r.error != 0 => {
-                    // Not allowed for reads with structured replies, but unambiguous.
-                    self.busy = false;
-                    return Err(self.fail(
-                        &step,
-                        format!("the server reported {}", proto::errno_name(r.error)),
-                    ));
-                }
-                Reply::Simple(_) => {
-                    return Err(self.fail(
-                        &step,
-                        "simple reply to a read although structured replies were negotiated",
-                    ))
-                }
-                Reply::Chunk(h) => h,
-            };
-            chunks += 1;
-            if chunks > proto::MAX_READ_CHUNKS {
-                return Err(self.fail(
-                    &step,
-                    format!(
-                        "more than {} chunks (MAX_READ_CHUNKS)",
-                        proto::MAX_READ_CHUNKS
-                    ),
-                ));
-            }
-            match h.chunk_type {
-                proto::NBD_REPLY_TYPE_NONE => {
-                    if h.length != 0 || !h.is_done() {
-                        return Err(self.fail(
-                            &step,
-                            format!(
-                                "NBD_REPLY_TYPE_NONE with length {} and flags {:#x} (must be 0 and DONE)",
-                                h.length, h.flags
-                            ),
-                        ));
-                    }
-                }
-                proto::NBD_REPLY_TYPE_OFFSET_DATA => {
-                    let data_len = h.length.checked_sub(8).filter(|&n| n > 0).ok_or_else(|| {
-                        self.fail(
-                            &step,
-                            format!(
-                                "NBD_REPLY_TYPE_OFFSET_DATA of length {} (at least 9)",
-                                h.length
-                            ),
-                        )
-                    })?;
-                    let mut o = [0u8; 8];
-                    self.recv(&mut o, &step)?;
-                    let at = proto::parse_data_offset(&o).map_err(|e| self.proto_fail(&step, e))?;
-                    let n = u64::from(data_len);
-                    let rel = self.place(at, n, offset, end, &step, "data")?;
-                    if !covered.insert(at, at + n) {
-                        return Err(self.overlap(&step, "data", at, n));
-                    }
-                    let Some(dst) = buf.get_mut(rel..rel + data_len as usize) else {
-                        return Err(self.fail(&step, "internal: data chunk bounds"));
-                    };
-                    self.recv(dst, &step)?;
-                    self.payload_bytes += n;
-                }
-                proto::NBD_REPLY_TYPE_OFFSET_HOLE => {
-                    if h.length != 12 {
-                        return Err(self.fail(
-                            &step,
-                            format!(
-                                "NBD_REPLY_TYPE_OFFSET_HOLE of length {} (must be 12)",
-                                h.length
-                            ),
-                        ));
-                    }
-                    let mut p = [0u8; 12];
-                    self.recv(&mut p, &step)?;
-                    let (at, hole) =
-                        proto::parse_offset_hole(&p).map_err(|e| self.proto_fail(&step, e))?;
-                    let n = u64::from(hole);
-                    let rel = self.place(at, n, offset, end, &step, "hole")?;
-                    if !covered.insert(at, at + n) {
-                        return Err(self.overlap(&step, "hole", at, n));
-                    }
-                    let Some(dst) = buf.get_mut(rel..rel + hole as usize) else {
-                        return Err(self.fail(&step, "internal: hole chunk bounds"));
-                    };
-                    dst.fill(0);
-                }
-                _ if h.is_error() => {
-                    let e = self.recv_error_chunk(&h, &step)?;
-                    error.get_or_insert(e);
-                }
-                t => {
-                    return Err(self.fail(
-                        &step,
-                        format!(
-                            "unexpected {} in the reply to a read",
-                            proto::chunk_type_name(t)
-                        ),
-                    ))
-                }
-            }
-            if h.is_done() {
-                break;
-            }
-        }
-        self.busy = false;
-        if let Some(e) = error {
-            return Err(self.server_error(&step, &e));
-        }
-        if covered.total != u64::from(length) {
+    /// Reads several ranges with all their requests in flight at once, so the server
+    /// can serve them side by side (one at a time, each waits for the disk under the
+    /// server in turn). Each range must be at most [`NbdClient::max_read`] bytes, and
+    /// offset and length multiples of the minimum block size. Replies may come in any
+    /// order, their chunks interleaved; each goes to the range its cookie names.
+    /// All replies are consumed before an error is returned (the connection stays
+    /// usable after a server error), except on protocol errors.
+    pub fn read_many(&mut self, reads: &mut [(u64, &mut [u8])]) -> Result<()> {
+        if reads.len() > proto::MAX_READS_IN_FLIGHT {
             return Err(self.fail(
-                &step,
+                "read",
                 format!(
-                    "the server reported success but described only {} of {length} bytes",
-                    covered.total
+                    "internal: {} reads at once, more than {} (MAX_READS_IN_FLIGHT)",
+                    reads.len(),
+                    proto::MAX_READS_IN_FLIGHT
                 ),
             ));
         }
+        let min = u64::from(self.block_sizes.minimum.max(1));
+        let max = self.max_read();
+        let mut flights = Vec::with_capacity(reads.len());
+        for (offset, buf) in reads.iter_mut() {
+            let offset = *offset;
+            let step = format!("read of {} bytes at offset {offset:#x}", buf.len());
+            let len = buf.len() as u64;
+            if len == 0 || len > max || offset % min != 0 || len % min != 0 {
+                return Err(self.fail(&step, "internal: read not aligned or too large"));
+            }
+            if offset.checked_add(len).is_none_or(|e| e > self.size) {
+                return Err(self.fail(&step, format!("beyond the export size {:#x}", self.size)));
+            }
+            flights.push(ReadInFlight {
+                cookie: 0,
+                offset,
+                buf,
+                step,
+                covered: Coverage::default(),
+                error: None,
+                chunks: 0,
+                done: false,
+            });
+        }
+        if flights.is_empty() {
+            return Ok(());
+        }
+        let first = flights[0].step.clone();
+        self.check_usable(&first)?;
+        self.busy = true;
+        for f in flights.iter_mut() {
+            // OK: len <= max_read <= MAX_READ_REQUEST, a u32.
+            let length = f.buf.len() as u32;
+            f.cookie = self.send_request(proto::NBD_CMD_READ, f.offset, length, &f.step)?;
+        }
+        let mut open = flights.len();
+        while open > 0 {
+            let (cookie, reply) = self.recv_any_reply(&first)?;
+            let Some(f) = flights.iter_mut().find(|f| f.cookie == cookie && !f.done) else {
+                let in_flight: Vec<String> = flights
+                    .iter()
+                    .filter(|f| !f.done)
+                    .map(|f| format!("{:#x}", f.cookie))
+                    .collect();
+                return Err(self.fail(
+                    &first,
+                    format!(
+                        "reply for cookie {cookie:#x}, which is not in flight (in flight: {})",
+                        in_flight.join(", ")
+                    ),
+                ));
+            };
+            self.read_reply(f, reply)?;
+            if f.done {
+                open -= 1;
+            }
+        }
+        self.busy = false;
+        for f in &flights {
+            if let Some(e) = &f.error {
+                return Err(self.server_error(&f.step, e));
+            }
+            if f.covered.total != f.buf.len() as u64 {
+                return Err(self.fail(
+                    &f.step,
+                    format!(
+                        "the server reported success but described only {} of {} bytes",
+                        f.covered.total,
+                        f.buf.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Consumes one reply (or reply chunk) of the read `f`.
+    fn read_reply(&mut self, f: &mut ReadInFlight<'_>, reply: Reply) -> Result<()> {
+        let step = f.step.as_str();
+        let offset = f.offset;
+        let end = offset + f.buf.len() as u64;
+        if !self.structured {
+            return match reply {
+                Reply::Simple(r) if r.error != 0 => {
+                    // A simple error reply carries no payload: the stream goes on.
+                    f.error = Some(ChunkError {
+                        error: r.error,
+                        offset: None,
+                        message: String::new(),
+                    });
+                    f.covered.total = f.buf.len() as u64;
+                    f.done = true;
+                    Ok(())
+                }
+                Reply::Simple(_) => {
+                    self.recv(f.buf, step)?;
+                    self.payload_bytes += f.buf.len() as u64;
+                    f.covered.total = f.buf.len() as u64;
+                    f.done = true;
+                    Ok(())
+                }
+                Reply::Chunk(_) => {
+                    Err(self.fail(step, "internal: chunk without structured replies"))
+                }
+            };
+        }
+        let h = match reply {
+            Reply::Simple(r) if r.error != 0 => {
+                // Not allowed for reads with structured replies, but unambiguous.
+                f.error = Some(ChunkError {
+                    error: r.error,
+                    offset: None,
+                    message: String::new(),
+                });
+                f.done = true;
+                return Ok(());
+            }
+            Reply::Simple(_) => {
+                return Err(self.fail(
+                    step,
+                    "simple reply to a read although structured replies were negotiated",
+                ))
+            }
+            Reply::Chunk(h) => h,
+        };
+        f.chunks += 1;
+        if f.chunks > proto::MAX_READ_CHUNKS {
+            return Err(self.fail(
+                step,
+                format!(
+                    "more than {} chunks (MAX_READ_CHUNKS)",
+                    proto::MAX_READ_CHUNKS
+                ),
+            ));
+        }
+        match h.chunk_type {
+            proto::NBD_REPLY_TYPE_NONE => {
+                if h.length != 0 || !h.is_done() {
+                    return Err(self.fail(
+                        step,
+                        format!(
+                            "NBD_REPLY_TYPE_NONE with length {} and flags {:#x} (must be 0 and DONE)",
+                            h.length, h.flags
+                        ),
+                    ));
+                }
+            }
+            proto::NBD_REPLY_TYPE_OFFSET_DATA => {
+                let data_len = h.length.checked_sub(8).filter(|&n| n > 0).ok_or_else(|| {
+                    self.fail(
+                        step,
+                        format!(
+                            "NBD_REPLY_TYPE_OFFSET_DATA of length {} (at least 9)",
+                            h.length
+                        ),
+                    )
+                })?;
+                let mut o = [0u8; 8];
+                self.recv(&mut o, step)?;
+                let at = proto::parse_data_offset(&o).map_err(|e| self.proto_fail(step, e))?;
+                let n = u64::from(data_len);
+                let rel = self.place(at, n, offset, end, step, "data")?;
+                if !f.covered.insert(at, at + n) {
+                    return Err(self.overlap(step, "data", at, n));
+                }
+                let Some(dst) = f.buf.get_mut(rel..rel + data_len as usize) else {
+                    return Err(self.fail(step, "internal: data chunk bounds"));
+                };
+                self.recv(dst, step)?;
+                self.payload_bytes += n;
+            }
+            proto::NBD_REPLY_TYPE_OFFSET_HOLE => {
+                if h.length != 12 {
+                    return Err(self.fail(
+                        step,
+                        format!(
+                            "NBD_REPLY_TYPE_OFFSET_HOLE of length {} (must be 12)",
+                            h.length
+                        ),
+                    ));
+                }
+                let mut p = [0u8; 12];
+                self.recv(&mut p, step)?;
+                let (at, hole) =
+                    proto::parse_offset_hole(&p).map_err(|e| self.proto_fail(step, e))?;
+                let n = u64::from(hole);
+                let rel = self.place(at, n, offset, end, step, "hole")?;
+                if !f.covered.insert(at, at + n) {
+                    return Err(self.overlap(step, "hole", at, n));
+                }
+                let Some(dst) = f.buf.get_mut(rel..rel + hole as usize) else {
+                    return Err(self.fail(step, "internal: hole chunk bounds"));
+                };
+                dst.fill(0);
+            }
+            _ if h.is_error() => {
+                let e = self.recv_error_chunk(&h, step)?;
+                f.error.get_or_insert(e);
+            }
+            t => {
+                return Err(self.fail(
+                    step,
+                    format!(
+                        "unexpected {} in the reply to a read",
+                        proto::chunk_type_name(t)
+                    ),
+                ))
+            }
+        }
+        f.done = h.is_done();
         Ok(())
     }
 
@@ -967,6 +1070,21 @@ impl<S: Read + Write> Drop for NbdClient<S> {
         }
         self.abort();
     }
+}
+
+/// A read request sent and not yet fully answered.
+struct ReadInFlight<'b> {
+    cookie: u64,
+    offset: u64,
+    buf: &'b mut [u8],
+    /// Names the request in errors.
+    step: String,
+    covered: Coverage,
+    /// The first error the server reported for it.
+    error: Option<ChunkError>,
+    chunks: usize,
+    /// Its last reply chunk (or its simple reply) was consumed.
+    done: bool,
 }
 
 /// The byte ranges the chunks of one read reply have described so far, merged, so

@@ -741,3 +741,128 @@ fn coverage_merges_and_detects_overlap() {
     assert_eq!(c.ranges.len(), 1);
     assert_eq!(c.total, 41);
 }
+
+#[test]
+fn reads_in_flight_together_take_replies_in_any_order() {
+    // Three reads sent at once (cookies 1, 2, 3); the server answers 3 first, then
+    // interleaves the chunks of 1 and 2.
+    let server = Server::handshake(1 << 20, 512)
+        .chunk(DONE, NBD_REPLY_TYPE_OFFSET_DATA, 3, &data(8192, &[3; 512]))
+        .chunk(0, NBD_REPLY_TYPE_OFFSET_DATA, 1, &data(512, &[1; 512]))
+        .chunk(0, NBD_REPLY_TYPE_OFFSET_HOLE, 2, &hole(4096, 1024))
+        .chunk(DONE, NBD_REPLY_TYPE_OFFSET_DATA, 1, &data(0, &[9; 512]))
+        .chunk(DONE, NBD_REPLY_TYPE_NONE, 2, &[]);
+    let mut c = connect(server).unwrap();
+    let (mut a, mut b, mut d) = (vec![0xaa; 1024], vec![0xaa; 1024], vec![0xaa; 512]);
+    c.read_many(&mut [(0, &mut a), (4096, &mut b), (8192, &mut d)])
+        .unwrap();
+    assert!(a[..512].iter().all(|&x| x == 9) && a[512..].iter().all(|&x| x == 1));
+    assert!(b.iter().all(|&x| x == 0));
+    assert!(d.iter().all(|&x| x == 3));
+    assert_eq!(c.bytes_read(), 1536);
+    // All three requests went out before any reply was read.
+    let out = &c.stream.output;
+    let req = |cookie, offset, length| {
+        encode_request(&Request {
+            flags: 0,
+            command: NBD_CMD_READ,
+            cookie,
+            offset,
+            length,
+        })
+    };
+    let mut tail = req(1, 0, 1024).to_vec();
+    tail.extend(req(2, 4096, 1024));
+    tail.extend(req(3, 8192, 512));
+    assert!(out.ends_with(&tail));
+}
+
+#[test]
+fn reads_in_flight_together_keep_every_rule() {
+    // A reply for a cookie not in flight (or already answered).
+    for cookie in [7, 1] {
+        let server = Server::handshake(1 << 20, 1)
+            .chunk(DONE, NBD_REPLY_TYPE_OFFSET_DATA, 1, &data(0, &[1; 16]))
+            .chunk(
+                DONE,
+                NBD_REPLY_TYPE_OFFSET_DATA,
+                cookie,
+                &data(16, &[2; 16]),
+            );
+        let mut c = connect(server).unwrap();
+        let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+        let e = err_text(c.read_many(&mut [(0, &mut a), (16, &mut b)]));
+        assert!(
+            e.contains(&format!("cookie {cookie:#x}, which is not in flight")),
+            "{e}"
+        );
+        // The stream position is unknown now: the connection refuses more.
+        let e = err_text(c.read(0, &mut a));
+        assert!(e.contains("unusable"), "{e}");
+    }
+    // A chunk of one read that lies in another read's range.
+    let server = Server::handshake(1 << 20, 1).chunk(
+        DONE,
+        NBD_REPLY_TYPE_OFFSET_DATA,
+        2,
+        &data(0, &[1; 16]),
+    );
+    let mut c = connect(server).unwrap();
+    let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+    let e = err_text(c.read_many(&mut [(0, &mut a), (16, &mut b)]));
+    assert!(e.contains("outside the request"), "{e}");
+    // A server error for one read: the others are still consumed, the error names
+    // the read it belongs to, and the connection goes on.
+    let server = Server::handshake(1 << 20, 1)
+        .chunk(
+            DONE,
+            NBD_REPLY_TYPE_ERROR,
+            2,
+            &error_payload(5, "bad sector"),
+        )
+        .chunk(DONE, NBD_REPLY_TYPE_OFFSET_DATA, 1, &data(0, &[1; 16]))
+        .chunk(DONE, NBD_REPLY_TYPE_OFFSET_DATA, 3, &data(0, &[4; 16]));
+    let mut c = connect(server).unwrap();
+    let e = err_text(c.read_many(&mut [(0, &mut a), (4096, &mut b)]));
+    assert!(
+        e.contains("at offset 0x1000") && e.contains("bad sector"),
+        "{e}"
+    );
+    c.read(0, &mut a).unwrap();
+    assert_eq!(a, [4; 16]);
+    // Misaligned, oversized or too many reads are refused before anything is sent.
+    let mut c = connect(Server::handshake(1 << 20, 512)).unwrap();
+    let sent = c.stream.output.len();
+    let mut odd = [0u8; 100];
+    assert!(err_text(c.read_many(&mut [(0, &mut odd)])).contains("not aligned"));
+    let mut big = vec![0u8; (1 << 25) + 512];
+    assert!(err_text(c.read_many(&mut [(0, &mut big)])).contains("too large"));
+    let mut bufs = vec![[0u8; 512]; MAX_READS_IN_FLIGHT + 1];
+    let mut reads: Vec<(u64, &mut [u8])> = bufs.iter_mut().map(|b| (0, &mut b[..])).collect();
+    assert!(err_text(c.read_many(&mut reads)).contains("MAX_READS_IN_FLIGHT"));
+    assert_eq!(c.stream.output.len(), sent);
+}
+
+#[test]
+fn simple_replies_to_reads_in_flight_together() {
+    // Out of order, and an error for one read (no payload follows it).
+    let server = Server::default()
+        .greeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES)
+        .opt(NBD_OPT_STRUCTURED_REPLY, NBD_REP_ERR_UNSUP, &[])
+        .info_export(1024, 1)
+        .opt(NBD_OPT_GO, NBD_REP_ACK, &[])
+        .simple(0, 2)
+        .raw(&[2; 8])
+        .simple(0, 1)
+        .raw(&[1; 8])
+        .simple(5, 4)
+        .simple(0, 3)
+        .raw(&[3; 8]);
+    let mut c = connect(server).unwrap();
+    let (mut a, mut b) = ([0u8; 8], [0u8; 8]);
+    c.read_many(&mut [(0, &mut a), (8, &mut b)]).unwrap();
+    assert_eq!((a, b), ([1; 8], [2; 8]));
+    let e = err_text(c.read_many(&mut [(16, &mut a), (24, &mut b)]));
+    assert!(e.contains("NBD_EIO") && e.contains("offset 0x18"), "{e}");
+    assert_eq!(a, [3; 8]);
+}

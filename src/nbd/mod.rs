@@ -4,10 +4,12 @@
 //! `qemu:dirty-bitmap:NAME` context (QEMU docs/interop/nbd.txt: flag bit 0 = dirty).
 //!
 //! [`uri`] parses URIs, [`proto`] holds the wire format, [`client`] speaks the
-//! protocol. One connection serves all threads through a mutex: qemu-nbd accepts a
-//! single client by default, and the protocol allows one request at a time per
-//! connection here anyway (no pipelining).
+//! protocol. One connection serves all threads through a mutex (qemu-nbd accepts a
+//! single client by default). The thread holding it sends its read together with
+//! what [`ahead`] plans along the ranges announced by [`DiskImage::prefetch`], all
+//! requests in flight at once, so the server reads them side by side.
 
+pub mod ahead;
 pub mod client;
 pub mod proto;
 pub mod uri;
@@ -23,6 +25,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::image::{DiskImage, Extent, Format, RunKind};
 use crate::io::ReadAt;
+use ahead::ReadAhead;
 use client::NbdClient;
 use uri::NbdAddress;
 
@@ -82,6 +85,9 @@ pub struct NbdDisk {
     /// spares a round trip, and a turn at the connection's lock, per chunk (10,000
     /// round trips for a 2.5 GiB full at 256 KiB chunks: seconds over a network).
     allocation_window: Mutex<Vec<client::StatusExtent>>,
+    /// Ranges announced by [`DiskImage::prefetch`] and the surplus of reads extended
+    /// along them (see [`ahead`]). Never locked while waiting for the connection.
+    ahead: Mutex<ReadAhead>,
 }
 
 /// How far past the asked range an allocation status request reaches.
@@ -153,6 +159,7 @@ impl NbdDisk {
             client: Mutex::new(client),
             bytes_read: AtomicU64::new(0),
             allocation_window: Mutex::new(Vec::new()),
+            ahead: Mutex::new(ReadAhead::default()),
         })
     }
 
@@ -287,20 +294,86 @@ impl ReadAt for NbdDisk {
     }
 
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let mut c = self.lock();
-        let r = if buf.is_empty() && offset <= self.size {
-            Ok(())
-        } else {
-            c.read(offset, buf)
-        };
-        self.bytes_read.store(c.bytes_read(), Ordering::Relaxed);
-        r
+        if buf.is_empty() && offset <= self.size {
+            return Ok(());
+        }
+        let mut done = 0;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            // Bytes an extended read of another worker brought along.
+            let n = self.ahead().take(pos, &mut buf[done..]);
+            if n > 0 {
+                done += n;
+                continue;
+            }
+            let mut c = self.lock();
+            // They may have arrived while this worker waited for the connection.
+            let n = self.ahead().take(pos, &mut buf[done..]);
+            if n > 0 {
+                done += n;
+                continue;
+            }
+            let want = buf.len() - done;
+            let align = c.min_block();
+            let plan = self.ahead().fetch_plan(
+                pos,
+                want as u64,
+                align,
+                c.max_read(),
+                proto::MAX_READS_IN_FLIGHT - 1,
+            );
+            // Bounded: at most ahead::MAX_FETCH bytes in all.
+            let mut pieces: Vec<(u64, Vec<u8>)> = plan
+                .iter()
+                .map(|r| (r.start, vec![0u8; (r.end - r.start) as usize]))
+                .collect();
+            let own = &mut buf[done..];
+            let batched =
+                pos % align == 0 && want as u64 % align == 0 && want as u64 <= c.max_read();
+            let r = if batched {
+                let mut reads: Vec<(u64, &mut [u8])> = Vec::with_capacity(pieces.len() + 1);
+                reads.push((pos, own));
+                reads.extend(pieces.iter_mut().map(|(at, v)| (*at, v.as_mut_slice())));
+                c.read_many(&mut reads)
+            } else {
+                c.read(pos, own).and_then(|()| {
+                    let mut reads: Vec<(u64, &mut [u8])> = pieces
+                        .iter_mut()
+                        .map(|(at, v)| (*at, v.as_mut_slice()))
+                        .collect();
+                    c.read_many(&mut reads)
+                })
+            };
+            if r.is_ok() {
+                let mut ahead = self.ahead();
+                for (at, data) in pieces {
+                    ahead.hold(at, data);
+                }
+            }
+            self.bytes_read.store(c.bytes_read(), Ordering::Relaxed);
+            r?;
+            done = buf.len();
+        }
+        Ok(())
     }
 }
 
 impl DiskImage for NbdDisk {
     fn format(&self) -> Format {
         Format::Raw
+    }
+
+    /// Announces the data under `range` to the read-ahead (no request is sent for
+    /// it now: the connection serves one request at a time, and the reads to come
+    /// are extended along it instead).
+    fn prefetch(&self, range: Range<u64>) {
+        let Ok(extents) = self.extents(range) else {
+            return;
+        };
+        let mut ahead = self.ahead();
+        for e in extents.iter().filter(|e| e.kind == RunKind::Data) {
+            ahead.plan(e.start..e.end());
+        }
     }
 
     fn extents(&self, range: Range<u64>) -> Result<Vec<Extent>> {
@@ -329,6 +402,11 @@ impl DiskImage for NbdDisk {
 }
 
 impl NbdDisk {
+    fn ahead(&self) -> MutexGuard<'_, ReadAhead> {
+        // Every update leaves the read-ahead consistent, so a poisoned lock is fine.
+        self.ahead.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The cached allocation extent holding `pos`, if any.
     fn cached_allocation(&self, pos: u64) -> Option<client::StatusExtent> {
         let window = self

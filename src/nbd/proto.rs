@@ -127,6 +127,10 @@ pub const MAX_OPTION_REPLIES: usize = 256;
 pub const MAX_STRING: usize = 4096;
 /// Largest read sent in one request: the payload every server must accept.
 pub const MAX_READ_REQUEST: u32 = 32 * 1024 * 1024;
+/// Read requests one client call keeps in flight at once: their requests fit the
+/// socket's buffer whatever the server does with its replies (no deadlock while the
+/// client is still sending), and the server gets enough to read side by side.
+pub const MAX_READS_IN_FLIGHT: usize = 32;
 /// Structured chunks accepted in the reply to one read (each describes >= 1 byte;
 /// servers use >= 512 where they can, so 32 MiB needs at most 65,536 of them).
 pub const MAX_READ_CHUNKS: usize = 1 << 17;
