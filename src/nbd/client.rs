@@ -725,9 +725,9 @@ impl<S: Read + Write> NbdClient<S> {
 
     /// Consumes one reply (or reply chunk) of the read `f`.
     fn read_reply(&mut self, f: &mut ReadInFlight<'_>, reply: Reply) -> Result<()> {
-        let step = f.step.as_str();
-        let offset = f.offset;
-        let end = offset + f.buf.len() as u64;
+        // Owned: the chunk handlers below borrow `f` mutably.
+        let step_name = f.step.clone();
+        let step = step_name.as_str();
         if !self.structured {
             return match reply {
                 Reply::Simple(r) if r.error != 0 => {
@@ -808,13 +808,7 @@ impl<S: Read + Write> NbdClient<S> {
                 self.recv(&mut o, step)?;
                 let at = proto::parse_data_offset(&o).map_err(|e| self.proto_fail(step, e))?;
                 let n = u64::from(data_len);
-                let rel = self.place(at, n, offset, end, step, "data")?;
-                if !f.covered.insert(at, at + n) {
-                    return Err(self.overlap(step, "data", at, n));
-                }
-                let Some(dst) = f.buf.get_mut(rel..rel + data_len as usize) else {
-                    return Err(self.fail(step, "internal: data chunk bounds"));
-                };
+                let dst = self.claim(f, at, n, "data")?;
                 self.recv(dst, step)?;
                 self.payload_bytes += n;
             }
@@ -832,15 +826,7 @@ impl<S: Read + Write> NbdClient<S> {
                 self.recv(&mut p, step)?;
                 let (at, hole) =
                     proto::parse_offset_hole(&p).map_err(|e| self.proto_fail(step, e))?;
-                let n = u64::from(hole);
-                let rel = self.place(at, n, offset, end, step, "hole")?;
-                if !f.covered.insert(at, at + n) {
-                    return Err(self.overlap(step, "hole", at, n));
-                }
-                let Some(dst) = f.buf.get_mut(rel..rel + hole as usize) else {
-                    return Err(self.fail(step, "internal: hole chunk bounds"));
-                };
-                dst.fill(0);
+                self.claim(f, at, u64::from(hole), "hole")?.fill(0);
             }
             _ if h.is_error() => {
                 let e = self.recv_error_chunk(&h, step)?;
@@ -858,6 +844,29 @@ impl<S: Read + Write> NbdClient<S> {
         }
         f.done = h.is_done();
         Ok(())
+    }
+
+    /// The part of `f`'s buffer that a `what` chunk of `len` bytes at `at` fills,
+    /// once it is checked to lie inside the request and to overlap no earlier chunk.
+    fn claim<'f>(
+        &self,
+        f: &'f mut ReadInFlight<'_>,
+        at: u64,
+        len: u64,
+        what: &str,
+    ) -> Result<&'f mut [u8]> {
+        let end = f.offset + f.buf.len() as u64;
+        let rel = self.place(at, len, f.offset, end, &f.step, what)?;
+        if !f.covered.insert(at, at + len) {
+            return Err(self.overlap(&f.step, what, at, len));
+        }
+        // OK: inside the buffer, checked by place.
+        let n = len as usize;
+        let step = &f.step;
+        match f.buf.get_mut(rel..rel + n) {
+            Some(dst) => Ok(dst),
+            None => Err(self.fail(step, format!("internal: {what} chunk bounds"))),
+        }
     }
 
     fn overlap(&self, step: &str, what: &str, at: u64, len: u64) -> Error {
