@@ -125,6 +125,24 @@ fn compress(data: &[u8], zstd: ZstdSettings) -> Result<Vec<u8>> {
     })
 }
 
+/// zstd decompression with one context per thread, reused: a fresh one per chunk
+/// (`zstd::bulk::decompress`) cost ~2% of a cold sequential read through a mount.
+fn decompress(payload: &[u8], len: usize) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        let d = slot.as_mut().expect("set above");
+        // `len` is bounded by MAX_CHUNK_SIZE (checked by the caller).
+        d.decompress(payload, len)
+    })
+}
+
 /// Decodes a chunk object and checks that its plaintext hashes to `id`.
 /// `location` names the repository in errors.
 pub fn decode(id: &ChunkId, object: &[u8], location: &str) -> Result<Vec<u8>> {
@@ -144,9 +162,7 @@ pub fn decode(id: &ChunkId, object: &[u8], location: &str) -> Result<Vec<u8>> {
     let payload = &object[HEADER_LEN..];
     let plain = match codec {
         CODEC_STORED => payload.to_vec(),
-        CODEC_ZSTD => {
-            zstd::bulk::decompress(payload, len).map_err(|e| damaged(format!("zstd: {e}")))?
-        }
+        CODEC_ZSTD => decompress(payload, len).map_err(|e| damaged(format!("zstd: {e}")))?,
         other => return Err(damaged(format!("unknown codec {other}"))),
     };
     if plain.len() != len {
