@@ -720,6 +720,13 @@ impl Layer for Qcow2Layer {
         Ok(())
     }
 
+    fn bypass_cache(&self) {
+        self.src.bypass_cache();
+        if let Some(d) = &self.data {
+            d.bypass_cache();
+        }
+    }
+
     fn prefetch_data(&self, offset: u64, len: u64) {
         // The host-contiguous stretches of uncompressed clusters (compressed ones
         // are read whole, through the cluster cache, when decompressed).
