@@ -425,4 +425,11 @@ impl Layer for VhdxLayer {
     fn bytes_read(&self) -> u64 {
         self.src.file.bytes_read()
     }
+
+    /// Payload blocks start on 1 MiB boundaries (the specification requires it), so
+    /// a backup's chunk reads are page-aligned and bypass the cache; sector bitmaps
+    /// and metadata reads that are not keep it.
+    fn bypass_cache(&self) {
+        self.src.file.bypass_cache();
+    }
 }
