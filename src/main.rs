@@ -58,8 +58,8 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 /// Default workers for commands that capture (`backup`, `run`): three per core. A
 /// capture worker reads its chunk synchronously before it hashes and compresses it
 /// (and reads of raw, qcow2 and VHDX sources bypass the page cache, so no kernel
-/// readahead hides their latency), so a core idles whenever its worker waits on the source unless
-/// other workers are ready. Measured on the 2.4 GiB mount-bench disk, full backup,
+/// readahead hides their latency), so a core idles whenever its worker waits on the
+/// source unless other workers are ready. Measured on the 2.4 GiB mount-bench disk, full backup,
 /// cold, 2 cores: 3 workers 5.1-5.7 s, 4: 4.3-4.8 s, 6: 3.8-4.3 s, 8: 4.1-4.2 s.
 fn capture_threads(command: &Command) -> Option<usize> {
     match command {

@@ -686,6 +686,21 @@ impl Drop for QemuNbd {
     }
 }
 
+/// `raw` converted to a qcow2 named `name` beside it, with the persistent dirty
+/// bitmap `b0` added (tracking from now on, as a running QEMU's would).
+fn qcow2_with_bitmap(raw: &Path, name: &str) -> PathBuf {
+    let image = raw.with_file_name(name);
+    qemu_img(&[
+        "convert",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    qemu_img(&["bitmap", "--add", image.to_str().unwrap(), "b0"]);
+    image
+}
+
 /// Over NBD, reads go out several at a time and run ahead along the chunks a step
 /// announced: a sparse disk with data at odd offsets (so announced ranges end
 /// mid-chunk) must still come back exact, with only its data read.
@@ -713,15 +728,7 @@ fn nbd_full_of_a_sparse_disk_reads_ahead_exactly() {
         used += len;
     }
     drop(f);
-    let image = dir.path().join("sparse.qcow2");
-    qemu_img(&[
-        "convert",
-        "-O",
-        "qcow2",
-        raw.to_str().unwrap(),
-        image.to_str().unwrap(),
-    ]);
-    qemu_img(&["bitmap", "--add", image.to_str().unwrap(), "b0"]);
+    let image = qcow2_with_bitmap(&raw, "sparse.qcow2");
     let map = Command::new("qemu-img")
         .args(["map", "--output=json", image.to_str().unwrap()])
         .output()
@@ -757,15 +764,7 @@ fn nbd_dirty_bitmap_reads_only_dirty_chunks() {
     let repo = init_repo(dir.path());
     let day0 = dir.path().join("day0.raw");
     std::fs::write(&day0, seeded_bytes(55, 32 * MIB as usize)).unwrap();
-    let live = dir.path().join("live.qcow2");
-    qemu_img(&[
-        "convert",
-        "-O",
-        "qcow2",
-        day0.to_str().unwrap(),
-        live.to_str().unwrap(),
-    ]);
-    qemu_img(&["bitmap", "--add", live.to_str().unwrap(), "b0"]);
+    let live = qcow2_with_bitmap(&day0, "live.qcow2");
     {
         let nbd = QemuNbd::start(dir.path(), &live, "b0");
         let full = backup(
@@ -855,15 +854,7 @@ fn nbd_dirty_bitmap_reads_only_dirty_chunks() {
     // still needs the server when it goes.
     let big_raw = dir.path().join("big.raw");
     std::fs::write(&big_raw, seeded_bytes(56, 96 * MIB as usize)).unwrap();
-    let big = dir.path().join("big.qcow2");
-    qemu_img(&[
-        "convert",
-        "-O",
-        "qcow2",
-        big_raw.to_str().unwrap(),
-        big.to_str().unwrap(),
-    ]);
-    qemu_img(&["bitmap", "--add", big.to_str().unwrap(), "b0"]);
+    let big = qcow2_with_bitmap(&big_raw, "big.qcow2");
     let nbd = QemuNbd::start(dir.path(), &big, "b0");
     let child = vmback()
         .arg("backup")

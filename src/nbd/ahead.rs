@@ -1,4 +1,4 @@
-//! Read-ahead for an NBD connection that serves one request at a time.
+//! Read-ahead for an NBD connection that one worker at a time may use.
 //!
 //! A backup reads a disk in chunks, each worker its own, and announces the chunks of
 //! its next step beforehand (`DiskImage::prefetch`). Over NBD every read is a round
@@ -12,9 +12,9 @@
 //! Only announced ranges are read ahead, clipped to data, so a change-tracked
 //! incremental still reads only its changed chunks. The surplus is bounded
 //! ([`MAX_HELD`]); a piece is dropped once every byte of it has been read, or, the
-//! oldest first, when newer pieces need the room.
+//! one furthest behind first, when newer pieces need the room.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 /// The most fetched along with one read: requests for it are in flight together.
@@ -28,7 +28,7 @@ pub const MAX_REQUEST: u64 = 1 << 20;
 /// The most surplus held at once (a few steps of a backup's workers).
 pub const MAX_HELD: usize = 32 << 20;
 
-/// The most announced ranges remembered; beyond, the oldest are forgotten (reads of
+/// The most announced ranges remembered; beyond, the lowest are forgotten (reads of
 /// them are then simply not extended).
 const MAX_PLANNED: usize = 1 << 14;
 
@@ -37,23 +37,17 @@ const MAX_PLANNED: usize = 1 << 14;
 pub struct ReadAhead {
     /// Announced, not yet fetched: start -> end, disjoint.
     planned: BTreeMap<u64, u64>,
-    /// Fetched, not yet read, oldest first.
-    held: VecDeque<Piece>,
+    /// Fetched, not yet read, by start (disjoint: only announced ranges are
+    /// fetched, and fetching takes them off).
+    held: BTreeMap<u64, Piece>,
     held_bytes: usize,
 }
 
 #[derive(Debug)]
 struct Piece {
-    start: u64,
     data: Vec<u8>,
     /// Bytes of `data` handed out so far.
     taken: usize,
-}
-
-impl Piece {
-    fn end(&self) -> u64 {
-        self.start + self.data.len() as u64
-    }
 }
 
 impl ReadAhead {
@@ -62,20 +56,19 @@ impl ReadAhead {
         if range.is_empty() {
             return;
         }
-        // Drop what the new range overlaps, then insert it merged with its neighbours.
+        // Take out what the new range overlaps, then merge it with the neighbours
+        // that now end or start exactly at its edges.
+        self.unplan(range.start, range.end);
         let mut start = range.start;
         let mut end = range.end;
-        let overlapping: Vec<(u64, u64)> = self
-            .planned
-            .range(..=end)
-            .rev()
-            .take_while(|(_, &e)| e >= start)
-            .map(|(&s, &e)| (s, e))
-            .collect();
-        for (s, e) in overlapping {
-            self.planned.remove(&s);
-            start = start.min(s);
-            end = end.max(e);
+        if let Some((&s, &e)) = self.planned.range(..start).next_back() {
+            if e == start {
+                self.planned.remove(&s);
+                start = s;
+            }
+        }
+        if let Some(e) = self.planned.remove(&end) {
+            end = e;
         }
         while self.planned.len() >= MAX_PLANNED {
             self.planned.pop_first();
@@ -109,21 +102,19 @@ impl ReadAhead {
     /// Copies the held bytes at `offset` into the front of `buf`; returns how many
     /// (0 when no piece holds `offset`).
     pub fn take(&mut self, offset: u64, buf: &mut [u8]) -> usize {
-        let Some(i) = self
-            .held
-            .iter()
-            .position(|p| p.start <= offset && offset < p.end())
-        else {
+        let Some((&start, piece)) = self.held.range_mut(..=offset).next_back() else {
             return 0;
         };
-        let piece = &mut self.held[i];
-        let at = (offset - piece.start) as usize;
+        let at = (offset - start) as usize;
+        if at >= piece.data.len() {
+            return 0;
+        }
         let n = buf.len().min(piece.data.len() - at);
         buf[..n].copy_from_slice(&piece.data[at..at + n]);
         piece.taken += n;
         if piece.taken >= piece.data.len() {
             self.held_bytes -= piece.data.len();
-            self.held.remove(i);
+            self.held.remove(&start);
         }
         n
     }
@@ -131,9 +122,9 @@ impl ReadAhead {
     /// What to fetch along with a read of `len` bytes at `offset`: the rest of the
     /// announced range holding it, then the announced ranges after it, in requests
     /// of at most `max_request` (and [`MAX_REQUEST`]) bytes whose offset and length
-    /// are multiples of `align`;
-    /// at most [`MAX_FETCH`] bytes and `max_requests` requests in all, and no more
-    /// than the room for held bytes. What it returns is no longer announced.
+    /// are multiples of `align`; at most [`MAX_FETCH`] bytes and `max_requests`
+    /// requests in all, and no more than the room for held bytes. Neither the read
+    /// nor what it returns is announced any longer.
     pub fn fetch_plan(
         &mut self,
         offset: u64,
@@ -181,23 +172,23 @@ impl ReadAhead {
     }
 
     /// Keeps bytes fetched beyond a read (`data` starts at `start`), dropping the
-    /// oldest pieces if that is needed to stay within [`MAX_HELD`].
+    /// pieces furthest behind (readers move forward) if that is needed to stay
+    /// within [`MAX_HELD`].
     pub fn hold(&mut self, start: u64, data: Vec<u8>) {
         if data.is_empty() || data.len() > MAX_HELD {
             return;
         }
         while self.held_bytes + data.len() > MAX_HELD {
-            match self.held.pop_front() {
-                Some(p) => self.held_bytes -= p.data.len(),
+            match self.held.pop_first() {
+                Some((_, p)) => self.held_bytes -= p.data.len(),
                 None => break,
             }
         }
         self.held_bytes += data.len();
-        self.held.push_back(Piece {
-            start,
-            data,
-            taken: 0,
-        });
+        let old = self.held.insert(start, Piece { data, taken: 0 });
+        if let Some(p) = old {
+            self.held_bytes -= p.data.len();
+        }
     }
 
     /// Bytes held now.
@@ -311,7 +302,7 @@ mod tests {
         assert!(ra
             .fetch_plan(1 << 35, 4096, 512, MAX_REQUEST, 32)
             .is_empty());
-        // Holding more drops the oldest piece.
+        // Holding more drops the piece furthest behind.
         ra.hold(1 << 36, vec![2; 4096]);
         assert!(ra.held_bytes() <= MAX_HELD);
         let mut b = [0u8; 1];

@@ -92,6 +92,15 @@ impl Server {
             .raw(&error.to_be_bytes())
             .raw(&cookie.to_be_bytes())
     }
+    /// A handshake with a server that refuses structured replies (simple replies
+    /// only, no metadata contexts), on a read-only export of `size`.
+    fn unstructured(size: u64) -> Self {
+        Server::default()
+            .greeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES)
+            .opt(NBD_OPT_STRUCTURED_REPLY, NBD_REP_ERR_UNSUP, &[])
+            .info_export(size, 1)
+            .opt(NBD_OPT_GO, NBD_REP_ACK, &[])
+    }
     /// A full handshake granting base:allocation (id 1) on an export of `size`.
     fn handshake(size: u64, min_block: u32) -> Self {
         Server::default()
@@ -262,11 +271,7 @@ fn unaligned_read_respects_minimum_block_size() {
 
 #[test]
 fn simple_replies_without_structured_negotiation() {
-    let server = Server::default()
-        .greeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES)
-        .opt(NBD_OPT_STRUCTURED_REPLY, NBD_REP_ERR_UNSUP, &[])
-        .info_export(1024, 1)
-        .opt(NBD_OPT_GO, NBD_REP_ACK, &[])
+    let server = Server::unstructured(1024)
         .simple(0, 1)
         .raw(&[9; 16])
         .simple(5, 2);
@@ -846,11 +851,7 @@ fn reads_in_flight_together_keep_every_rule() {
 #[test]
 fn simple_replies_to_reads_in_flight_together() {
     // Out of order, and an error for one read (no payload follows it).
-    let server = Server::default()
-        .greeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES)
-        .opt(NBD_OPT_STRUCTURED_REPLY, NBD_REP_ERR_UNSUP, &[])
-        .info_export(1024, 1)
-        .opt(NBD_OPT_GO, NBD_REP_ACK, &[])
+    let server = Server::unstructured(1024)
         .simple(0, 2)
         .raw(&[2; 8])
         .simple(0, 1)

@@ -330,19 +330,16 @@ impl ReadAt for NbdDisk {
             let own = &mut buf[done..];
             let batched =
                 pos % align == 0 && want as u64 % align == 0 && want as u64 <= c.max_read();
+            let mut reads: Vec<(u64, &mut [u8])> = pieces
+                .iter_mut()
+                .map(|(at, v)| (*at, v.as_mut_slice()))
+                .collect();
             let r = if batched {
-                let mut reads: Vec<(u64, &mut [u8])> = Vec::with_capacity(pieces.len() + 1);
-                reads.push((pos, own));
-                reads.extend(pieces.iter_mut().map(|(at, v)| (*at, v.as_mut_slice())));
+                reads.insert(0, (pos, own));
                 c.read_many(&mut reads)
             } else {
-                c.read(pos, own).and_then(|()| {
-                    let mut reads: Vec<(u64, &mut [u8])> = pieces
-                        .iter_mut()
-                        .map(|(at, v)| (*at, v.as_mut_slice()))
-                        .collect();
-                    c.read_many(&mut reads)
-                })
+                // An unaligned or oversized read splits itself; the pieces follow.
+                c.read(pos, own).and_then(|()| c.read_many(&mut reads))
             };
             if r.is_ok() {
                 let mut ahead = self.ahead();
