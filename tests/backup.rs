@@ -565,7 +565,12 @@ fn verify_names_damaged_and_missing_chunks_and_their_users() {
             .arg("-o")
             .arg(dir.path().join("x.raw")),
     );
-    assert!(err.contains("chunk"), "{err}");
+    assert!(
+        err.contains("chunk") && err.contains("(disk offset"),
+        "{err}"
+    );
+    // It keeps its kind through the reader: the hint to run verify shows.
+    assert!(err.contains("hint: run `vmback verify"), "{err}");
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -589,7 +589,16 @@ fn a_failure_mid_export_leaves_no_output_and_keeps_the_old_file() {
             cmd.args(["--subformat", s]);
         }
         let err = run_err(cmd.arg("-o").arg(&out).arg("--force"));
-        assert!(err.contains("chunk"), "{}: {err}", f.name());
+        assert!(
+            err.contains("chunk") && err.contains("is missing"),
+            "{}: {err}",
+            f.name()
+        );
+        assert!(
+            err.contains("hint: run `vmback verify"),
+            "{}: {err}",
+            f.name()
+        );
         assert_eq!(
             std::fs::read(&out).unwrap(),
             b"previous export",

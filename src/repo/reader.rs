@@ -204,10 +204,31 @@ impl RestorePointDisk {
             ),
         };
         let load = || {
-            let data = self
-                .repo
-                .read_chunk(&id)
-                .map_err(|e| context(e.to_string()))?;
+            // A missing or damaged chunk stays that kind of error (its exit code and
+            // its hint to run verify), with the disk position added.
+            let data = self.repo.read_chunk(&id).map_err(|e| match e {
+                Error::NotInRepository { location, key } => Error::Damaged {
+                    location,
+                    key,
+                    reason: format!(
+                        "{}: chunk {i} (disk offset {offset:#x}) is missing",
+                        self.name
+                    ),
+                },
+                Error::Damaged {
+                    location,
+                    key,
+                    reason,
+                } => Error::Damaged {
+                    location,
+                    key,
+                    reason: format!(
+                        "{}: chunk {i} (disk offset {offset:#x}): {reason}",
+                        self.name
+                    ),
+                },
+                e => context(e.to_string()),
+            })?;
             if data.len() != want {
                 return Err(Error::Damaged {
                     location: self.repo.location(),
