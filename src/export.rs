@@ -209,7 +209,12 @@ fn export_raw(
     }
     let bar = bytes_bar(work.iter().map(|w| w.1).sum(), "export");
     let written = AtomicU64::new(0);
-    let behind = output::WriteBehind::default();
+    let output = RawOutput {
+        file: &file,
+        path: target,
+        behind: output::WriteBehind::default(),
+        device,
+    };
     // Workers take blocks in disk order, so reads and writes stay nearly sequential.
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
@@ -223,7 +228,7 @@ fn export_raw(
             };
             block.set_len(len as usize); // len ≤ BLOCK
             let buf = block.as_mut_slice();
-            match copy_block(disk, &file, &behind, target, off, buf, is_data, device) {
+            match output.copy_block(disk, off, buf, is_data) {
                 Ok(n) => {
                     written.fetch_add(n, Ordering::Relaxed);
                 }
@@ -278,39 +283,47 @@ fn export_raw(
     })
 }
 
-/// Copies one block (`buf.len()` bytes at `off`) from the disk to the output: data is
-/// read, zeros are not. On a fresh file only the non-zero 4 KiB granules are written
-/// (the rest stay holes, as `qemu-img convert -S 4k` leaves them); a device gets every
-/// byte. Returns the bytes written.
-#[allow(clippy::too_many_arguments)]
-fn copy_block(
-    disk: &(dyn DiskImage + '_),
-    file: &File,
-    behind: &output::WriteBehind,
-    path: &Path,
-    off: u64,
-    buf: &mut [u8],
-    is_data: bool,
+/// The raw file (or device) an export writes, with its write-behind state.
+struct RawOutput<'a> {
+    file: &'a File,
+    /// For messages: the file being written (the temporary name of a file).
+    path: &'a Path,
+    behind: output::WriteBehind,
+    /// A device gets every byte (it may hold old data); a fresh file keeps holes.
     device: bool,
-) -> Result<u64> {
-    if is_data {
-        disk.read_exact_at(off, buf)?;
-    } else {
-        buf.fill(0);
+}
+
+impl RawOutput<'_> {
+    /// Copies one block (`buf.len()` bytes at `off`) from the disk to the output: data
+    /// is read, zeros are not. On a fresh file only the non-zero 4 KiB granules are
+    /// written (the rest stay holes, as `qemu-img convert -S 4k` leaves them); a device
+    /// gets every byte. Returns the bytes written.
+    fn copy_block(
+        &self,
+        disk: &(dyn DiskImage + '_),
+        off: u64,
+        buf: &mut [u8],
+        is_data: bool,
+    ) -> Result<u64> {
+        if is_data {
+            disk.read_exact_at(off, buf)?;
+        } else {
+            buf.fill(0);
+        }
+        let runs = if self.device {
+            std::iter::once(off..off + buf.len() as u64).collect()
+        } else {
+            pipeline::nonzero_runs(buf, off, HOLE_GRANULE)
+        };
+        let mut written = 0;
+        for r in runs {
+            // OK: runs lie inside the block by construction.
+            let bytes = &buf[(r.start - off) as usize..(r.end - off) as usize];
+            self.behind.write(self.file, self.path, bytes, r.start)?;
+            written += bytes.len() as u64;
+        }
+        Ok(written)
     }
-    let runs = if device {
-        std::iter::once(off..off + buf.len() as u64).collect()
-    } else {
-        pipeline::nonzero_runs(buf, off, HOLE_GRANULE)
-    };
-    let mut written = 0;
-    for r in runs {
-        // OK: runs lie inside the block by construction.
-        let bytes = &buf[(r.start - off) as usize..(r.end - off) as usize];
-        behind.write(file, path, bytes, r.start)?;
-        written += bytes.len() as u64;
-    }
-    Ok(written)
 }
 
 fn partial_name(out: &Path) -> PathBuf {
