@@ -156,11 +156,21 @@ impl LocalBackend {
     /// Writes `data` to a fresh temporary file; fsyncs it when `sync`.
     fn write_tmp(&self, data: &[u8], sync: bool) -> Result<PathBuf> {
         let dir = self.root.join(TMP_DIR);
-        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "create directory", e))?;
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!("{}-{}-{n}", std::process::id(), unique_suffix()));
+        let tmp = dir.join(format!("{}-{}-{n}", process_id(), unique_suffix()));
+        let create = || OpenOptions::new().write(true).create_new(true).open(&tmp);
+        // The directory exists but for the first object: made only when missing (a
+        // mkdir per chunk is a syscall and a directory lock each).
+        let mut file = create();
+        if file
+            .as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::NotFound)
+        {
+            fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "create directory", e))?;
+            file = create();
+        }
         let result = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let mut f = file?;
             f.write_all(data)?;
             if sync {
                 f.sync_all()?;
@@ -233,14 +243,30 @@ impl LocalBackend {
 /// removed.
 fn commit(root: &Path, files: Vec<(PathBuf, PathBuf)>) -> Result<()> {
     let result = sync_filesystem(root).and_then(|()| {
-        files.iter().try_for_each(|(tmp, path)| {
-            fs::rename(tmp, path).map_err(|e| Error::io(path, "rename into place", e))
-        })
+        files
+            .iter()
+            .try_for_each(|(tmp, path)| rename_making_parent(tmp, path))
     });
     if result.is_err() {
         discard(&files);
     }
     result
+}
+
+/// Renames `tmp` to `path`, creating `path`'s directory when it is missing (only
+/// the first object of each chunk directory pays for it).
+fn rename_making_parent(tmp: &Path, path: &Path) -> Result<()> {
+    let mut result = fs::rename(tmp, path);
+    if result
+        .as_ref()
+        .is_err_and(|e| e.kind() == ErrorKind::NotFound)
+    {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| Error::io(parent, "create directory", e))?;
+        }
+        result = fs::rename(tmp, path);
+    }
+    result.map_err(|e| Error::io(path, "rename into place", e))
 }
 
 fn discard(files: &[(PathBuf, PathBuf)]) {
@@ -272,6 +298,12 @@ fn write_op(e: &std::io::Error) -> &'static str {
     } else {
         "write"
     }
+}
+
+/// This process's id, asked of the kernel once (getpid is a syscall each time).
+fn process_id() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
 }
 
 /// Nanoseconds of the clock: enough to keep temp names of several processes apart
@@ -375,8 +407,8 @@ impl Backend for LocalBackend {
     }
 
     fn put_batched(&self, key: &str, data: &[u8]) -> Result<()> {
+        // Its directory is made when the batch is renamed into place, if missing.
         let path = self.path(key)?;
-        self.ensure_parent(&path)?;
         let tmp = self.write_tmp(data, false)?;
         let full = {
             let mut p = self.lock_pending();
@@ -609,6 +641,24 @@ mod tests {
         let b = LocalBackend::new(dir.path());
         assert!(!b.exists("chunks/ef/ef01").unwrap());
         assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn batched_objects_recreate_directories_removed_under_them() {
+        // Directories are made only when an object meets them missing; one removed
+        // meanwhile (gc drops empty ones) is made again, never an error.
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path());
+        b.put_batched("chunks/ab/ab01", b"one").unwrap();
+        b.sync().unwrap();
+        fs::remove_file(dir.path().join("chunks/ab/ab01")).unwrap();
+        fs::remove_dir(dir.path().join("chunks/ab")).unwrap();
+        fs::remove_dir(dir.path().join(TMP_DIR)).unwrap();
+        b.put_batched("chunks/ab/ab02", b"two").unwrap();
+        b.put_batched("chunks/cd/cd01", b"three").unwrap();
+        b.sync().unwrap();
+        assert_eq!(b.get("chunks/ab/ab02").unwrap(), b"two");
+        assert_eq!(b.get("chunks/cd/cd01").unwrap(), b"three");
     }
 
     #[test]
