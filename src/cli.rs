@@ -419,7 +419,7 @@ const RUN_HELP: &str = "\
 The job file names the repository, limits, defaults and the VMs. It is checked
 completely before anything runs: an unknown key, a missing source, a limit of 0 or
 a duplicate VM name is an error naming the file, line and key. Relative paths are
-taken from the job file's directory.
+taken from the job file's directory, and hooks run there.
 
 At most max_concurrent backups run at once, at most max_per_host on one host and
 max_per_datastore on one datastore (a VM whose disks span datastores counts against

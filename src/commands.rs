@@ -78,6 +78,7 @@ pub fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
         pre_hook,
         post_hook,
         hook_timeout,
+        hook_dir: None,
         limiter: limit_read.map(|r| Arc::new(RateLimiter::new(r))),
         full_reason: None,
         extra_env: Vec::new(),

@@ -783,3 +783,39 @@ fn shared_read_limit_retention_and_gc_after() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok:"));
 }
+
+#[test]
+fn hooks_of_a_job_run_in_the_job_files_directory() {
+    // Relative paths in a job file are the job file's, hooks included: a job started
+    // by a timer from another working directory finds its scripts.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("jobs");
+    std::fs::create_dir(&dir).unwrap();
+    run_ok(vmback().arg("init").arg(dir.join("repo")));
+    make_seeded_raw(&dir.join("a.raw"), MIB, 7);
+    std::fs::write(
+        dir.join("freeze.sh"),
+        "#!/bin/sh\necho \"$VMBACK_PHASE\" >> hooks.log\n",
+    )
+    .unwrap();
+    run_ok(Command::new("chmod").arg("+x").arg(dir.join("freeze.sh")));
+    std::fs::write(
+        dir.join("job.toml"),
+        "repository = \"repo\"\n[defaults]\npre_hook = \"./freeze.sh\"\npost_hook = \"./freeze.sh\"\n\
+         [[vm]]\nname = \"a\"\n[[vm.disk]]\nsource = \"a.raw\"\n",
+    )
+    .unwrap();
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    run_ok(
+        vmback()
+            .current_dir(&elsewhere)
+            .arg("run")
+            .arg(dir.join("job.toml")),
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("hooks.log")).unwrap(),
+        "pre\npost\n"
+    );
+    assert!(!elsewhere.join("hooks.log").exists());
+}

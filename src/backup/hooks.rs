@@ -3,6 +3,7 @@
 //! always runs, also when the pre hook or the capture failed, so a guest is never
 //! left frozen.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,20 +13,31 @@ use crate::error::{Error, Result};
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Runs `cmd` with `sh -c`, its output going to our stderr (stdout stays clean for
-/// `--json`), with `env` added. An exit status other than 0, a signal, or the
-/// timeout is an error naming the phase.
-pub fn run_hook(phase: &str, cmd: &str, env: &[(String, String)], timeout: Duration) -> Result<()> {
+/// `--json`), with `env` added, in `dir` (None: our working directory). An exit
+/// status other than 0, a signal, or the timeout is an error naming the phase.
+pub fn run_hook(
+    phase: &str,
+    cmd: &str,
+    env: &[(String, String)],
+    dir: Option<&Path>,
+    timeout: Duration,
+) -> Result<()> {
     let hook_err = |reason: String| Error::Hook {
         phase: phase.to_string(),
         command: cmd.to_string(),
         reason,
     };
-    let mut child = Command::new("sh")
+    let mut command = Command::new("sh");
+    command
         .arg("-c")
         .arg(cmd)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
-        .stdout(std::io::stderr())
+        .stdout(std::io::stderr());
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let mut child = command
         .spawn()
         .map_err(|e| hook_err(format!("cannot start: {e}")))?;
     let started = Instant::now();
@@ -58,12 +70,13 @@ mod tests {
             "pre",
             "test \"$VMBACK_PHASE\" = pre",
             &env,
+            None,
             DEFAULT_HOOK_TIMEOUT,
         )
         .unwrap();
-        let e = run_hook("pre", "exit 3", &env, DEFAULT_HOOK_TIMEOUT).unwrap_err();
+        let e = run_hook("pre", "exit 3", &env, None, DEFAULT_HOOK_TIMEOUT).unwrap_err();
         assert!(e.to_string().contains("exit status: 3"), "{e}");
-        let e = run_hook("post", "sleep 5", &env, Duration::from_millis(100)).unwrap_err();
+        let e = run_hook("post", "sleep 5", &env, None, Duration::from_millis(100)).unwrap_err();
         assert!(e.to_string().contains("killed"), "{e}");
     }
 }

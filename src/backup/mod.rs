@@ -47,6 +47,9 @@ pub struct BackupOptions {
     pub pre_hook: Option<String>,
     pub post_hook: Option<String>,
     pub hook_timeout: Duration,
+    /// Where the hooks run (None: our working directory). A job's hooks run in the
+    /// job file's directory, where its relative paths resolve too.
+    pub hook_dir: Option<std::path::PathBuf>,
     /// Limit on the bytes per second read from the sources, all disks together; one
     /// limiter can be shared by several backups running at once (`vmback run`).
     pub limiter: Option<Arc<RateLimiter>>,
@@ -152,7 +155,7 @@ pub fn backup(repo: &Arc<Repository>, opts: &BackupOptions) -> Result<BackupRepo
         Some(cmd) => {
             let mut e = env.clone();
             e.push(("VMBACK_PHASE".into(), "pre".into()));
-            hooks::run_hook("pre", cmd, &e, opts.hook_timeout)
+            hooks::run_hook("pre", cmd, &e, opts.hook_dir.as_deref(), opts.hook_timeout)
         }
         None => Ok(()),
     };
@@ -171,7 +174,13 @@ pub fn backup(repo: &Arc<Repository>, opts: &BackupOptions) -> Result<BackupRepo
             }
             .into(),
         ));
-        if let Err(e) = hooks::run_hook("post", cmd, &env, opts.hook_timeout) {
+        if let Err(e) = hooks::run_hook(
+            "post",
+            cmd,
+            &env,
+            opts.hook_dir.as_deref(),
+            opts.hook_timeout,
+        ) {
             if captured.is_ok() {
                 warnings.push(e.to_string());
             } else {

@@ -361,6 +361,7 @@ fn backup_options(
         pre_hook: vm.pre_hook.clone(),
         post_hook: vm.post_hook.clone(),
         hook_timeout: vm.hook_timeout,
+        hook_dir: job_file.parent().map(|d| d.to_path_buf()),
         limiter,
         full_reason: pred.force.clone(),
         extra_env: vec![

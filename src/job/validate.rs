@@ -5,7 +5,7 @@
 //! in paths, VMs without disks, source files and changed-extents files that do not
 //! exist, unknown tracking kinds and tracking options that do not go together.
 //! Relative paths (repository, sources, changed-extents files) are taken from the
-//! job file's directory.
+//! job file's directory (hooks run there too: `job::run`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
