@@ -33,6 +33,7 @@ Exit codes:
   1  failure (ls, get, restore: some entries failed, the others were done)
   2  usage error
   3  integrity problem found (verify)
+  128+N  backup or run stopped by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP)
 
 Examples:
   vmback init /srv/vmback
@@ -556,7 +557,8 @@ pub struct BackupArgs {
     /// Command run before the capture (e.g. freeze the guest); failing aborts.
     #[arg(long, value_name = "CMD")]
     pub pre_hook: Option<String>,
-    /// Command run after the capture, always (also on failure).
+    /// Command run after the capture, always (also on failure, and when SIGINT,
+    /// SIGTERM or SIGHUP stops the backup; a second signal exits at once).
     #[arg(long, value_name = "CMD")]
     pub post_hook: Option<String>,
     /// How long a hook may run before it is killed, e.g. 90s, 10m (bare numbers are

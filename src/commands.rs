@@ -520,9 +520,10 @@ pub fn run_job(file: &Path, dry_run: bool, json: bool) -> anyhow::Result<ExitCod
     } else {
         write!(stdout(), "{}", vmback::job::render_report(&report))?;
     }
-    Ok(if report.ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
+    Ok(match vmback::interrupt::requested() {
+        // Stopped by a signal: 128 + its number, as a shell reports it.
+        Some(s) => ExitCode::from(u8::try_from(128 + s).unwrap_or(1)),
+        None if report.ok() => ExitCode::SUCCESS,
+        None => ExitCode::from(1),
     })
 }

@@ -105,6 +105,10 @@ pub enum Error {
     #[error("{disk}: {reason}")]
     Capture { disk: String, reason: String },
 
+    /// A signal asked the work to stop (see `interrupt`); exits with 128 + signal.
+    #[error("interrupted by {}", crate::interrupt::signal_name(*signal))]
+    Interrupted { signal: i32 },
+
     /// A consistency hook failed.
     #[error("{phase} hook `{command}` {reason}")]
     Hook {

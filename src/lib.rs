@@ -15,6 +15,7 @@ pub mod get;
 pub mod guestfs;
 pub mod image;
 pub mod inspect;
+pub mod interrupt;
 pub mod io;
 pub mod job;
 pub mod location;

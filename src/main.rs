@@ -41,7 +41,17 @@ fn main() -> ExitCode {
             let usage = e
                 .downcast_ref::<vmback::Error>()
                 .is_some_and(|e| matches!(e, vmback::Error::Usage(_)));
-            ExitCode::from(if usage { 2 } else { 1 })
+            // Stopped by a signal: 128 + its number, as a shell reports it.
+            let signal = e
+                .chain()
+                .find_map(|c| match c.downcast_ref::<vmback::Error>() {
+                    Some(vmback::Error::Interrupted { signal }) => Some(*signal),
+                    _ => None,
+                });
+            match signal {
+                Some(s) => ExitCode::from(u8::try_from(128 + s).unwrap_or(1)),
+                None => ExitCode::from(if usage { 2 } else { 1 }),
+            }
         }
     }
 }
@@ -181,12 +191,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 human(chunk_size as u64),
             );
         }
-        Command::Backup(args) => return commands::backup(*args),
+        Command::Backup(args) => {
+            // The post hook must run even when the backup is stopped.
+            vmback::interrupt::watch().context("watching for SIGINT/SIGTERM/SIGHUP")?;
+            return commands::backup(*args);
+        }
         Command::Run {
             jobfile,
             dry_run,
             json,
-        } => return commands::run_job(&jobfile, dry_run, json),
+        } => {
+            vmback::interrupt::watch().context("watching for SIGINT/SIGTERM/SIGHUP")?;
+            return commands::run_job(&jobfile, dry_run, json);
+        }
         Command::Snapshots { repo, vm, json } => {
             let repo = repo::Repository::open(&repo)?;
             let list: Vec<_> = repo

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
@@ -356,6 +356,61 @@ fn hooks_run_around_the_capture_and_a_failing_pre_hook_aborts() {
     verify_clean(&repo);
     backup(&repo, "app", &[], &[&disk]);
     assert_eq!(snapshot_count(&repo), 2);
+}
+
+#[test]
+fn a_signal_stops_the_backup_cleanly_and_the_post_hook_still_runs() {
+    // Ctrl-C or a service stop mid-capture: the guest must not stay frozen.
+    for (signal, code) in [("INT", 130), ("TERM", 143)] {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = init_repo(dir.path());
+        let disk = dir.path().join("disk.raw");
+        std::fs::write(&disk, seeded_bytes(11, 32 * MIB as usize)).unwrap();
+        let frozen = dir.path().join("frozen");
+        let status = dir.path().join("status");
+        let child = vmback()
+            .current_dir(dir.path())
+            .arg("backup")
+            .arg(&repo)
+            .args(["--vm", "sig", "--limit-read", "4MiB/s"])
+            .args(["--pre-hook", "touch frozen"])
+            .args(["--post-hook", "echo \"$VMBACK_STATUS\" > status; rm frozen"])
+            .arg(&disk)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        while !frozen.exists() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(frozen.exists(), "the pre hook did not run");
+        std::thread::sleep(Duration::from_millis(500));
+        let sent = Command::new("kill")
+            .args(["-s", signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let stopped = Instant::now();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        // The whole disk takes 8 s at this rate: it stopped at the next chunk.
+        assert!(stopped.elapsed() < Duration::from_secs(4), "{err}");
+        assert_eq!(out.status.code(), Some(code), "SIG{signal}: {err}");
+        assert!(
+            err.contains(&format!("interrupted by SIG{signal}")),
+            "{err}"
+        );
+        assert!(!frozen.exists(), "SIG{signal}: the post hook did not run");
+        assert_eq!(std::fs::read_to_string(&status).unwrap(), "failure\n");
+        assert_eq!(snapshot_count(&repo), 0);
+        verify_clean(&repo);
+        backup(&repo, "sig", &[], &[&disk]);
+        assert_eq!(
+            export_sha(&repo, "sig/latest/disk0", dir.path()),
+            sha256_file(&disk)
+        );
+    }
 }
 
 #[test]

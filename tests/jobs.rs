@@ -819,3 +819,66 @@ fn hooks_of_a_job_run_in_the_job_files_directory() {
     );
     assert!(!elsewhere.join("hooks.log").exists());
 }
+
+#[test]
+fn a_signal_stops_a_job_without_retries_and_runs_the_post_hook() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    run_ok(vmback().arg("init").arg(dir.join("repo")));
+    make_seeded_raw(&dir.join("a.raw"), 32 * MIB, 21);
+    make_seeded_raw(&dir.join("b.raw"), 32 * MIB, 22);
+    std::fs::write(
+        dir.join("job.toml"),
+        "repository = \"repo\"\n[limits]\nmax_concurrent = 1\nlimit_read = \"4MiB/s\"\n\
+         [defaults]\nretries = 3\nretry_backoff = \"1s\"\nkeep = { last = 1 }\n\
+         pre_hook = \"touch frozen-$VMBACK_VM\"\npost_hook = \"rm frozen-$VMBACK_VM\"\n\
+         [[vm]]\nname = \"a\"\n[[vm.disk]]\nsource = \"a.raw\"\n\
+         [[vm]]\nname = \"b\"\n[[vm.disk]]\nsource = \"b.raw\"\n",
+    )
+    .unwrap();
+    let child = vmback()
+        .current_dir(dir)
+        .args(["run", "job.toml", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let frozen = dir.join("frozen-a");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !frozen.exists() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(frozen.exists(), "the first VM's pre hook did not run");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    run_ok(Command::new("kill").args(["-s", "TERM", &child.id().to_string()]));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(!frozen.exists(), "the post hook did not run");
+    assert!(!dir.join("frozen-b").exists(), "the second VM started");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a = vm(&report, "a");
+    assert_eq!(a["attempts"].as_array().unwrap().len(), 1, "{a}");
+    assert!(
+        a["error"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted by SIGTERM"),
+        "{a}"
+    );
+    let b = vm(&report, "b");
+    assert_eq!(b["error"], "not started: interrupted by SIGTERM", "{b}");
+    assert!(
+        report["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("retention and gc skipped"),
+        "{report}"
+    );
+    let verify = vmback()
+        .arg("verify")
+        .arg(dir.join("repo"))
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+}

@@ -102,7 +102,7 @@ complete -c vmback -n "__fish_vmback_using_subcommand backup" -l tag -d 'A tag f
 complete -c vmback -n "__fish_vmback_using_subcommand backup" -l dirty-bitmap -d 'Track changes with the NBD dirty bitmap NAME ([diskN=]NAME; repeatable)' -r
 complete -c vmback -n "__fish_vmback_using_subcommand backup" -l changed-extents -d 'Track changes with a JSON list of changed extents ([diskN=]FILE; repeatable)' -r
 complete -c vmback -n "__fish_vmback_using_subcommand backup" -l pre-hook -d 'Command run before the capture (e.g. freeze the guest); failing aborts' -r
-complete -c vmback -n "__fish_vmback_using_subcommand backup" -l post-hook -d 'Command run after the capture, always (also on failure)' -r
+complete -c vmback -n "__fish_vmback_using_subcommand backup" -l post-hook -d 'Command run after the capture, always (also on failure, and when SIGINT, SIGTERM or SIGHUP stops the backup; a second signal exits at once)' -r
 complete -c vmback -n "__fish_vmback_using_subcommand backup" -l hook-timeout -d 'How long a hook may run before it is killed, e.g. 90s, 10m (bare numbers are seconds)' -r
 complete -c vmback -n "__fish_vmback_using_subcommand backup" -l limit-read -d 'Limit reads from the sources, e.g. 200MiB/s' -r
 complete -c vmback -n "__fish_vmback_using_subcommand backup" -l threads -d 'Worker threads for parallel work (default: all cores; backup and run: three per core, so that the cores keep working while workers wait on their reads)' -r

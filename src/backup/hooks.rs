@@ -1,7 +1,7 @@
 //! Consistency hooks: a command run before the capture (freeze the guest, take the
 //! hypervisor snapshot) and one after it (thaw, drop the snapshot). The post hook
-//! always runs, also when the pre hook or the capture failed, so a guest is never
-//! left frozen.
+//! always runs, also when the pre hook or the capture failed or a signal stopped
+//! the capture (see `interrupt`), so a guest is never left frozen.
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -222,6 +222,7 @@ fn capture_chunk(
     index: &DiskIndex,
     i: usize,
 ) -> Result<Outcome> {
+    crate::interrupt::check()?;
     let start = i as u64 * index.chunk_size as u64;
     let len = index.chunk_len(i);
     let extents = disk.extents(start..start + len as u64)?;

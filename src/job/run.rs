@@ -25,6 +25,9 @@ use crate::error::{Error, Result};
 use crate::inspect::human;
 use crate::repo::Repository;
 
+/// How often a waiting job looks for a stop signal.
+const SIGNAL_POLL: Duration = Duration::from_millis(200);
+
 /// Read rate assumed for the dry-run's time estimates when the job sets none.
 const ESTIMATE_RATE: u64 = 200 << 20;
 
@@ -169,7 +172,15 @@ pub fn run_job(job: &Job, progress: bool) -> Result<JobReport> {
         let mut running = 0usize;
         loop {
             let now = clock.elapsed();
-            for s in sched.start_all(now) {
+            // After SIGINT/SIGTERM/SIGHUP (see `interrupt`) nothing new starts; the
+            // running backups stop at their next chunk and run their post hooks.
+            let stopping = crate::interrupt::requested().is_some();
+            let starts = if stopping {
+                Vec::new()
+            } else {
+                sched.start_all(now)
+            };
+            for s in starts {
                 running += 1;
                 let vm = &job.vms[s.task];
                 let pred = &predictions[s.task];
@@ -219,14 +230,17 @@ pub fn run_job(job: &Job, progress: bool) -> Result<JobReport> {
             }
             if running == 0 {
                 match sched.next_ready(now) {
-                    Some(t) => std::thread::sleep(t.saturating_sub(now)),
-                    None => break,
+                    // In slices, so that a signal is seen during a retry's backoff.
+                    Some(t) if !stopping => {
+                        std::thread::sleep(t.saturating_sub(now).min(SIGNAL_POLL))
+                    }
+                    _ => break,
                 }
                 continue;
             }
             let wait = sched
                 .next_ready(now)
-                .map_or(Duration::from_secs(3600), |t| t.saturating_sub(now));
+                .map_or(SIGNAL_POLL, |t| t.saturating_sub(now).min(SIGNAL_POLL));
             let done = match rx.recv_timeout(wait) {
                 Ok(d) => d,
                 Err(mpsc::RecvTimeoutError::Timeout) => continue,
@@ -284,11 +298,18 @@ pub fn run_job(job: &Job, progress: bool) -> Result<JobReport> {
         Ok::<(), Error>(())
     })?;
 
+    let interrupted = crate::interrupt::requested();
     let mut vms = Vec::new();
     for (i, v) in job.vms.iter().enumerate() {
         let result = results[i].take();
         let backup = result.as_ref().and_then(|r| r.as_ref().ok()).cloned();
         let tries = std::mem::take(&mut attempts[i]);
+        let not_started = interrupted.filter(|_| tries.is_empty()).map(|s| {
+            format!(
+                "not started: interrupted by {}",
+                crate::interrupt::signal_name(s)
+            )
+        });
         vms.push(VmReport {
             vm: v.vm.name.clone(),
             uuid: v.vm.uuid.clone(),
@@ -301,7 +322,7 @@ pub fn run_job(job: &Job, progress: bool) -> Result<JobReport> {
             bytes_read: backup.as_ref().map_or(0, |b| b.totals.bytes_read),
             bytes_new: backup.as_ref().map_or(0, |b| b.totals.bytes_new),
             duration_secs: tries.last().map_or(0.0, |a| a.duration_secs),
-            error: tries.last().and_then(|a| a.error.clone()),
+            error: tries.last().and_then(|a| a.error.clone()).or(not_started),
             attempts: tries,
             backup,
         });
@@ -309,11 +330,21 @@ pub fn run_job(job: &Job, progress: bool) -> Result<JobReport> {
     let succeeded = vms.iter().filter(|v| v.result == "ok").count();
     let failed = vms.len() - succeeded;
     let mut errors = Vec::new();
-    let forgotten = match retention(&repo, job, &vms) {
-        Ok(f) => f,
-        Err(e) => {
-            errors.push(format!("retention: {}", crate::error::chain(&e)));
-            Vec::new()
+    if let Some(s) = interrupted {
+        errors.push(format!(
+            "interrupted by {}: retention and gc skipped",
+            crate::interrupt::signal_name(s)
+        ));
+    }
+    let forgotten = if interrupted.is_some() {
+        Vec::new()
+    } else {
+        match retention(&repo, job, &vms) {
+            Ok(f) => f,
+            Err(e) => {
+                errors.push(format!("retention: {}", crate::error::chain(&e)));
+                Vec::new()
+            }
         }
     };
     let gc = if job.gc_after && failed == 0 && errors.is_empty() {
