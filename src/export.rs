@@ -228,7 +228,9 @@ fn export_raw(
             };
             block.set_len(len as usize); // len ≤ BLOCK
             let buf = block.as_mut_slice();
-            match output.copy_block(disk, off, buf, is_data) {
+            let copied =
+                crate::interrupt::check().and_then(|()| output.copy_block(disk, off, buf, is_data));
+            match copied {
                 Ok(n) => {
                     written.fetch_add(n, Ordering::Relaxed);
                 }

@@ -1,4 +1,5 @@
-//! Stopping a backup on SIGINT, SIGTERM or SIGHUP without leaving a guest frozen.
+//! Stopping a backup on SIGINT, SIGTERM or SIGHUP without leaving a guest frozen
+//! (and an export without leaving its partial output behind).
 //!
 //! The consistency hooks promise that the post hook (thaw, drop the hypervisor
 //! snapshot) runs whatever happens to the capture. A signal's default action would

@@ -110,6 +110,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             force,
             json,
         } => {
+            // A stopped export removes its partial output instead of leaving GiBs.
+            vmback::interrupt::watch().context("watching for SIGINT/SIGTERM/SIGHUP")?;
             let opts = ExportOptions {
                 format,
                 subformat,

@@ -622,3 +622,43 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_signal_stops_an_export_and_removes_its_partial_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.raw");
+    std::fs::write(&src, vec![0x5a_u8; 128 << 20]).unwrap();
+    for (format, signal, code) in [("raw", "INT", 130), ("qcow2", "TERM", 143)] {
+        let out = dir.path().join(format!("out.{format}"));
+        let partial = dir.path().join(format!("out.{format}.vmback-partial"));
+        let mut child = vmback()
+            .args(["export", "--format", format, "-o"])
+            .arg(&out)
+            .arg(&src)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !partial.exists() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // Held still while the signal is queued: it then lands mid-export for sure.
+        let pid = child.id().to_string();
+        run_ok(Command::new("kill").args(["-s", "STOP", &pid]));
+        assert!(
+            child.try_wait().unwrap().is_none() && partial.exists(),
+            "{format}: the export ended before it could be stopped"
+        );
+        run_ok(Command::new("kill").args(["-s", signal, &pid]));
+        run_ok(Command::new("kill").args(["-s", "CONT", &pid]));
+        let done = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&done.stderr);
+        assert_eq!(done.status.code(), Some(code), "{format}: {err}");
+        assert!(
+            err.contains(&format!("interrupted by SIG{signal}")),
+            "{err}"
+        );
+        assert!(!partial.exists() && !out.exists(), "{format}: output left");
+    }
+}

@@ -237,6 +237,7 @@ pub(super) fn walk<P: Send>(
         match job {
             Job::Read(index, r) => {
                 let read = (|| {
+                    crate::interrupt::check()?;
                     disk.prefetch(
                         r.start.saturating_add(READ_AHEAD)..r.end.saturating_add(READ_AHEAD),
                     );
