@@ -33,7 +33,8 @@ Exit codes:
   1  failure (ls, get, restore: some entries failed, the others were done)
   2  usage error
   3  integrity problem found (verify)
-  128+N  backup, run or export stopped by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP)
+  128+N  backup, run, export, get or restore stopped by signal N (130 SIGINT, 143
+         SIGTERM, 129 SIGHUP); the file being written is removed
 
 Examples:
   vmback init /srv/vmback

@@ -137,6 +137,9 @@ pub fn get(
         total.bytes += rep.bytes;
         total.skipped += rep.skipped;
         total.errors.extend(rep.errors);
+        // Stopped by a signal: the file being copied was removed, nothing more is
+        // written (see `interrupt`).
+        crate::interrupt::check()?;
     }
     bar.finish_and_clear();
     Ok(total)
@@ -177,6 +180,9 @@ fn restore_node(
     parent: &Path,
     depth: usize,
 ) {
+    if crate::interrupt::requested().is_some() {
+        return;
+    }
     if let Err(why) = valid_component(name) {
         let shown = crate::ls::display_name(name.as_bytes());
         ctx.fail(&format!("{guest} [{shown}]"), format!("refused: {why}"));
@@ -361,6 +367,7 @@ fn copy_into(
 ) -> Result<()> {
     let mut off = 0u64;
     while off < size {
+        crate::interrupt::check()?;
         let want = ((size - off) as usize).min(READ_CHUNK);
         let n = ctx.fs.read_at(node, off, &mut buf[..want])?;
         if n == 0 {

@@ -1,5 +1,6 @@
 //! Stopping a backup on SIGINT, SIGTERM or SIGHUP without leaving a guest frozen
-//! (and an export without leaving its partial output behind).
+//! (and an export, get or restore without leaving a half-written file behind that
+//! would look complete).
 //!
 //! The consistency hooks promise that the post hook (thaw, drop the hypervisor
 //! snapshot) runs whatever happens to the capture. A signal's default action would

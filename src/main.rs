@@ -355,6 +355,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             overwrite,
             json,
         } => {
+            // A stopped copy removes the file it was writing (it would look restored).
+            vmback::interrupt::watch().context("watching for SIGINT/SIGTERM/SIGHUP")?;
             let opts = vmback::get::GetOptions { owner, overwrite };
             return commands::get(&image, &paths, pick(&vm, at), &target, &opts, json);
         }
@@ -369,6 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             owner,
             json,
         } => {
+            vmback::interrupt::watch().context("watching for SIGINT/SIGTERM/SIGHUP")?;
             let opts = vmback::get::GetOptions { owner, overwrite };
             return commands::restore(
                 &repo,

@@ -269,3 +269,57 @@ fn cyclic_directories_are_bounded() {
     );
     eprintln!("stopped after {created} entries in {:?}", started.elapsed());
 }
+
+#[test]
+fn a_signal_stops_a_get_and_removes_the_file_it_was_writing() {
+    if !have_tool("mke2fs") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("big.bin"), vec![0x5a_u8; 96 << 20]).unwrap();
+    std::fs::write(src.join("small.txt"), b"small").unwrap();
+    let img = dir.path().join("fs.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(128 << 20)
+        .unwrap();
+    run_ok(
+        Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "-d"])
+            .arg(&src)
+            .arg(&img),
+    );
+    let target = dir.path().join("restore");
+    let mut child = vmback()
+        .arg("get")
+        .arg(&img)
+        .args(["whole/big.bin", "whole/small.txt", "--target"])
+        .arg(&target)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let partial = target.join("big.bin");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !partial.exists() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // Held still while the signal is queued: it then lands mid-copy for sure.
+    let pid = child.id().to_string();
+    run_ok(Command::new("kill").args(["-s", "STOP", &pid]));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the copy ended before it could be stopped"
+    );
+    run_ok(Command::new("kill").args(["-s", "INT", &pid]));
+    run_ok(Command::new("kill").args(["-s", "CONT", &pid]));
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted by SIGINT"), "{err}");
+    // The half-copied file would look restored: it is gone; nothing after it began.
+    assert!(!partial.exists(), "partial file left");
+    assert!(!target.join("small.txt").exists());
+}
