@@ -414,6 +414,48 @@ fn a_signal_stops_the_backup_cleanly_and_the_post_hook_still_runs() {
 }
 
 #[test]
+fn a_signal_during_the_pre_hook_abandons_it_and_the_post_hook_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_repo(dir.path());
+    let disk = dir.path().join("disk.raw");
+    make_seeded_raw(&disk, 4 * MIB, 12);
+    let started = dir.path().join("started");
+    let child = vmback()
+        .current_dir(dir.path())
+        .arg("backup")
+        .arg(&repo)
+        .args([
+            "--vm",
+            "sig",
+            "--pre-hook",
+            "touch started; sleep 30; touch late",
+        ])
+        .args(["--post-hook", "echo \"$VMBACK_STATUS\" > status"])
+        .arg(&disk)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    while !started.exists() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(started.exists(), "the pre hook did not start");
+    let sent = Instant::now();
+    run_ok(Command::new("kill").args(["-s", "INT", &child.id().to_string()]));
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(sent.elapsed() < Duration::from_secs(5), "{err}");
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("status")).unwrap(),
+        "failure\n"
+    );
+    assert!(!dir.path().join("late").exists());
+    assert_eq!(snapshot_count(&repo), 0);
+}
+
+#[test]
 fn a_source_that_disappears_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let repo = init_repo(dir.path());

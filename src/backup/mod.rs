@@ -155,7 +155,13 @@ pub fn backup(repo: &Arc<Repository>, opts: &BackupOptions) -> Result<BackupRepo
         Some(cmd) => {
             let mut e = env.clone();
             e.push(("VMBACK_PHASE".into(), "pre".into()));
-            hooks::run_hook("pre", cmd, &e, opts.hook_dir.as_deref(), opts.hook_timeout)
+            hooks::run_hook(
+                hooks::Phase::Pre,
+                cmd,
+                &e,
+                opts.hook_dir.as_deref(),
+                opts.hook_timeout,
+            )
         }
         None => Ok(()),
     };
@@ -175,7 +181,7 @@ pub fn backup(repo: &Arc<Repository>, opts: &BackupOptions) -> Result<BackupRepo
             .into(),
         ));
         if let Err(e) = hooks::run_hook(
-            "post",
+            hooks::Phase::Post,
             cmd,
             &env,
             opts.hook_dir.as_deref(),
