@@ -47,6 +47,14 @@ pub(super) struct Piece {
 }
 
 impl Piece {
+    /// The piece's non-zero runs, split on a grid of `grid` bytes (a container's
+    /// blocks or tables), each part with its cell number.
+    pub fn runs_on_grid(&self, grid: u64) -> impl Iterator<Item = (u64, Range<u64>)> + '_ {
+        self.runs
+            .iter()
+            .flat_map(move |r| split_on_grid(r.clone(), grid))
+    }
+
     /// The bytes of virtual range `r`, which lies inside this piece.
     pub fn bytes(&self, r: &Range<u64>) -> &[u8] {
         // OK: runs and their sub-ranges lie inside the piece by construction.
@@ -106,15 +114,25 @@ fn data_ranges(disk: &(dyn DiskImage + '_), granule: u64) -> Result<(Vec<Range<u
 
 /// Pieces of `ranges`, split where they cross a multiple of [`PIECE`].
 fn pieces(ranges: &[Range<u64>]) -> impl Iterator<Item = Range<u64>> + '_ {
-    ranges.iter().flat_map(|r| {
-        let mut at = r.start;
-        std::iter::from_fn(move || {
-            (at < r.end).then(|| {
-                let end = ((at / PIECE + 1) * PIECE).min(r.end);
-                let p = at..end;
-                at = end;
-                p
-            })
+    ranges
+        .iter()
+        .flat_map(|r| split_on_grid(r.clone(), PIECE).map(|(_, p)| p))
+}
+
+/// `range` split where it crosses a multiple of `grid` (> 0), each part with the
+/// number of the grid cell it lies in: how the writers map runs onto their blocks.
+pub(super) fn split_on_grid(
+    range: Range<u64>,
+    grid: u64,
+) -> impl Iterator<Item = (u64, Range<u64>)> {
+    let mut at = range.start;
+    std::iter::from_fn(move || {
+        (at < range.end).then(|| {
+            let cell = at / grid;
+            let end = ((cell + 1) * grid).min(range.end);
+            let part = at..end;
+            at = end;
+            (cell, part)
         })
     })
 }

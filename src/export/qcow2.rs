@@ -55,38 +55,33 @@ pub(super) fn write(disk: &(dyn DiskImage + '_), out: &Output) -> Result<Written
         out,
         &|_| Ok(()),
         &mut |piece: &Piece, (), w| {
-            for r in &piece.runs {
-                let mut at = r.start;
-                while at < r.end {
-                    let index = at / L2_SPAN;
-                    let end = r.end.min((index + 1) * L2_SPAN);
-                    if l2.as_ref().is_none_or(|t| t.index != index) {
-                        if let Some(done) = l2.take() {
-                            flush(out, &done)?;
-                        }
-                        // OK: index < l1_size (runs lie inside the disk).
-                        l1[index as usize] = table_entry(next);
-                        l2 = Some(OpenL2 {
-                            index,
-                            offset: next,
-                            entries: vec![0; L2_ENTRIES as usize],
-                        });
-                        next += CLUSTER;
+            for (index, part) in piece.runs_on_grid(L2_SPAN) {
+                if l2.as_ref().is_none_or(|t| t.index != index) {
+                    if let Some(done) = l2.take() {
+                        flush(out, &done)?;
                     }
-                    // The open table is the one for `index` now.
-                    if let Some(t) = l2.as_mut() {
-                        let first = at / CLUSTER;
-                        for c in first..end.div_ceil(CLUSTER) {
-                            t.entries[(c % L2_ENTRIES) as usize] =
-                                table_entry(next + (c - first) * CLUSTER);
-                        }
-                    }
-                    // Runs are whole clusters (but the last one of the disk): one write
-                    // for all of them, at consecutive clusters.
-                    w.push((at..end, next));
-                    next += (end - at).div_ceil(CLUSTER) * CLUSTER;
-                    at = end;
+                    // OK: index < l1_size (runs lie inside the disk).
+                    l1[index as usize] = table_entry(next);
+                    l2 = Some(OpenL2 {
+                        index,
+                        offset: next,
+                        entries: vec![0; L2_ENTRIES as usize],
+                    });
+                    next += CLUSTER;
                 }
+                // The open table is the one for `index` now.
+                if let Some(t) = l2.as_mut() {
+                    let first = part.start / CLUSTER;
+                    for c in first..part.end.div_ceil(CLUSTER) {
+                        t.entries[(c % L2_ENTRIES) as usize] =
+                            table_entry(next + (c - first) * CLUSTER);
+                    }
+                }
+                // Runs are whole clusters (but the last one of the disk): one write
+                // for all of them, at consecutive clusters.
+                let clusters = (part.end - part.start).div_ceil(CLUSTER);
+                w.push((part, next));
+                next += clusters * CLUSTER;
             }
             Ok(())
         },

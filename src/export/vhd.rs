@@ -135,25 +135,19 @@ fn write_dynamic(
         out,
         &|_| Ok(()),
         &mut |piece: &Piece, (), w| {
-            for r in &piece.runs {
-                let mut at = r.start;
-                while at < r.end {
-                    let i = at / BLOCK;
-                    let end = r.end.min((i + 1) * BLOCK);
-                    // OK: i < entries (runs lie inside the disk).
-                    let slot = &mut bat[i as usize];
-                    if *slot == UNALLOCATED {
-                        *slot = u32::try_from(next / 512).map_err(|_| Error::Unsupported {
-                            path: out.final_path().to_path_buf(),
-                            feature: "a VHD block beyond sector 2^32".into(),
-                        })?;
-                        out.write_at(&bitmap, next)?;
-                        next += bitmap_len + BLOCK;
-                    }
-                    let data = u64::from(*slot) * 512 + bitmap_len + (at - i * BLOCK);
-                    w.push((at..end, data));
-                    at = end;
+            for (i, part) in piece.runs_on_grid(BLOCK) {
+                // OK: i < entries (runs lie inside the disk).
+                let slot = &mut bat[i as usize];
+                if *slot == UNALLOCATED {
+                    *slot = u32::try_from(next / 512).map_err(|_| Error::Unsupported {
+                        path: out.final_path().to_path_buf(),
+                        feature: "a VHD block beyond sector 2^32".into(),
+                    })?;
+                    out.write_at(&bitmap, next)?;
+                    next += bitmap_len + BLOCK;
                 }
+                let data = u64::from(*slot) * 512 + bitmap_len + (part.start - i * BLOCK);
+                w.push((part, data));
             }
             Ok(())
         },

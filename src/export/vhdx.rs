@@ -78,21 +78,16 @@ pub(super) fn write(disk: &(dyn DiskImage + '_), out: &Output, fixed: bool) -> R
         out,
         &|_| Ok(()),
         &mut |piece: &Piece, (), w| {
-            for r in &piece.runs {
-                let mut at = r.start;
-                while at < r.end {
-                    let b = at / BLOCK;
-                    let end = r.end.min((b + 1) * BLOCK);
-                    // OK: b < data_blocks (runs lie inside the disk).
-                    let slot = &mut bat[geometry.payload_index(b) as usize];
-                    if *slot & 7 != PayloadState::FullyPresent.bits() {
-                        *slot = bat_entry(PayloadState::FullyPresent, next);
-                        next += BLOCK;
-                    }
-                    let block_at = (*slot >> 20) << 20;
-                    w.push((at..end, block_at + (at - b * BLOCK)));
-                    at = end;
+            for (b, part) in piece.runs_on_grid(BLOCK) {
+                // OK: b < data_blocks (runs lie inside the disk).
+                let slot = &mut bat[geometry.payload_index(b) as usize];
+                if *slot & 7 != PayloadState::FullyPresent.bits() {
+                    *slot = bat_entry(PayloadState::FullyPresent, next);
+                    next += BLOCK;
                 }
+                let block_at = (*slot >> 20) << 20;
+                let data = block_at + (part.start - b * BLOCK);
+                w.push((part, data));
             }
             Ok(())
         },
