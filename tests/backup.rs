@@ -380,17 +380,9 @@ fn a_signal_stops_the_backup_cleanly_and_the_post_hook_still_runs() {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let until = Instant::now() + Duration::from_secs(20);
-        while !frozen.exists() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(frozen.exists(), "the pre hook did not run");
+        assert!(wait_for_file(&frozen), "the pre hook did not run");
         std::thread::sleep(Duration::from_millis(500));
-        let sent = Command::new("kill")
-            .args(["-s", signal, &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
+        send_signal(child.id(), signal);
         let stopped = Instant::now();
         let out = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -436,13 +428,9 @@ fn a_signal_during_the_pre_hook_abandons_it_and_the_post_hook_runs() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let until = Instant::now() + Duration::from_secs(20);
-    while !started.exists() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(started.exists(), "the pre hook did not start");
+    assert!(wait_for_file(&started), "the pre hook did not start");
     let sent = Instant::now();
-    run_ok(Command::new("kill").args(["-s", "INT", &child.id().to_string()]));
+    send_signal(child.id(), "INT");
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(sent.elapsed() < Duration::from_secs(5), "{err}");

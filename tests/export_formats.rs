@@ -639,19 +639,11 @@ fn a_signal_stops_an_export_and_removes_its_partial_output() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !partial.exists() && std::time::Instant::now() < until {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        // Held still while the signal is queued: it then lands mid-export for sure.
-        let pid = child.id().to_string();
-        run_ok(Command::new("kill").args(["-s", "STOP", &pid]));
         assert!(
-            child.try_wait().unwrap().is_none() && partial.exists(),
-            "{format}: the export ended before it could be stopped"
+            wait_for_file(&partial),
+            "{format}: the export did not start"
         );
-        run_ok(Command::new("kill").args(["-s", signal, &pid]));
-        run_ok(Command::new("kill").args(["-s", "CONT", &pid]));
+        signal_while_running(&mut child, signal);
         let done = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&done.stderr);
         assert_eq!(done.status.code(), Some(code), "{format}: {err}");

@@ -8,27 +8,20 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
-/// Builds an ext4 image from `src` with mke2fs -d (no metadata_csum / dir_index,
-/// so directory entries can be patched in place without re-sealing checksums).
-fn mkfs_from(src: &Path, img: &Path) {
+/// Builds an ext4 image of `mib` MiB from `src` with mke2fs -d. `patchable` turns off
+/// metadata_csum and dir_index, so directory entries can be patched in place without
+/// re-sealing checksums.
+fn mkfs_from(src: &Path, img: &Path, mib: u64, patchable: bool) {
     std::fs::File::create(img)
         .unwrap()
-        .set_len(8 << 20)
+        .set_len(mib << 20)
         .unwrap();
-    run_ok(
-        Command::new("mke2fs")
-            .args([
-                "-q",
-                "-F",
-                "-t",
-                "ext4",
-                "-O",
-                "^metadata_csum,^dir_index",
-                "-d",
-            ])
-            .arg(src)
-            .arg(img),
-    );
+    let mut cmd = Command::new("mke2fs");
+    cmd.args(["-q", "-F", "-t", "ext4"]);
+    if patchable {
+        cmd.args(["-O", "^metadata_csum,^dir_index"]);
+    }
+    run_ok(cmd.arg("-d").arg(src).arg(img));
 }
 
 /// Replaces every occurrence of `from` with `to` (same length) in the image.
@@ -93,16 +86,7 @@ fn restores_tree_with_metadata_and_never_overwrites() {
             .arg(src.join("a/b/c/deep.txt")),
     );
     let img = dir.path().join("fs.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
-    run_ok(
-        Command::new("mke2fs")
-            .args(["-q", "-F", "-t", "ext4", "-d"])
-            .arg(&src)
-            .arg(&img),
-    );
+    mkfs_from(&src, &img, 32, false);
 
     let target = dir.path().join("restore");
     run_ok(
@@ -172,7 +156,7 @@ fn hostile_names_never_escape_the_target() {
     std::fs::write(src.join("nuldir/NUL_X"), b"nul").unwrap();
     std::fs::write(src.join("ok.txt"), b"fine").unwrap();
     let img = dir.path().join("evil.img");
-    mkfs_from(&src, &img);
+    mkfs_from(&src, &img, 8, true);
     patch(&img, b"DUPD0", b"DUPD1"); // symlink and directory now share a name
     patch(&img, b"\x02\x01QQ", b"\x02\x01.."); // a file named ".."
     patch(&img, b"SLASH", b"../x/"); // a name with '/' (and "..")
@@ -281,16 +265,7 @@ fn a_signal_stops_a_get_and_removes_the_file_it_was_writing() {
     std::fs::write(src.join("big.bin"), vec![0x5a_u8; 96 << 20]).unwrap();
     std::fs::write(src.join("small.txt"), b"small").unwrap();
     let img = dir.path().join("fs.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(128 << 20)
-        .unwrap();
-    run_ok(
-        Command::new("mke2fs")
-            .args(["-q", "-F", "-t", "ext4", "-d"])
-            .arg(&src)
-            .arg(&img),
-    );
+    mkfs_from(&src, &img, 128, false);
     let target = dir.path().join("restore");
     let mut child = vmback()
         .arg("get")
@@ -302,19 +277,8 @@ fn a_signal_stops_a_get_and_removes_the_file_it_was_writing() {
         .spawn()
         .unwrap();
     let partial = target.join("big.bin");
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !partial.exists() && std::time::Instant::now() < until {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    // Held still while the signal is queued: it then lands mid-copy for sure.
-    let pid = child.id().to_string();
-    run_ok(Command::new("kill").args(["-s", "STOP", &pid]));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the copy ended before it could be stopped"
-    );
-    run_ok(Command::new("kill").args(["-s", "INT", &pid]));
-    run_ok(Command::new("kill").args(["-s", "CONT", &pid]));
+    assert!(wait_for_file(&partial), "the copy did not start");
+    signal_while_running(&mut child, "INT");
     let done = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&done.stderr);
     assert_eq!(done.status.code(), Some(130), "{err}");

@@ -844,13 +844,12 @@ fn a_signal_stops_a_job_without_retries_and_runs_the_post_hook() {
         .spawn()
         .unwrap();
     let frozen = dir.join("frozen-a");
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !frozen.exists() && std::time::Instant::now() < until {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert!(frozen.exists(), "the first VM's pre hook did not run");
+    assert!(
+        wait_for_file(&frozen),
+        "the first VM's pre hook did not run"
+    );
     std::thread::sleep(std::time::Duration::from_millis(500));
-    run_ok(Command::new("kill").args(["-s", "TERM", &child.id().to_string()]));
+    send_signal(child.id(), "TERM");
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(143), "{stderr}");

@@ -361,3 +361,30 @@ pub fn inspect_volumes(image: &Path) -> Vec<(String, u64, u64, Option<String>)> 
         })
         .collect()
 }
+
+/// Waits up to 20 s for `path` to exist (a process under test reaching a point);
+/// whether it does.
+pub fn wait_for_file(path: &Path) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !path.exists() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    path.exists()
+}
+
+/// `kill -s SIGNAL pid`.
+pub fn send_signal(pid: u32, signal: &str) {
+    run_ok(Command::new("kill").args(["-s", signal, &pid.to_string()]));
+}
+
+/// Delivers `signal` mid-work: the child is stopped first (asserting it is still
+/// running), the signal queued, then the child resumed, so it cannot finish first.
+pub fn signal_while_running(child: &mut std::process::Child, signal: &str) {
+    send_signal(child.id(), "STOP");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the process ended before it could be stopped"
+    );
+    send_signal(child.id(), signal);
+    send_signal(child.id(), "CONT");
+}
