@@ -4,12 +4,13 @@
 //!
 //! The consistency hooks promise that the post hook (thaw, drop the hypervisor
 //! snapshot) runs whatever happens to the capture. A signal's default action would
-//! end the process on the spot, post hook or not. So `backup` and `run` [`watch`]
-//! for these signals: the first one is only recorded, the capture workers see it
-//! at their next chunk ([`check`]) and fail with [`Error::Interrupted`], the post
-//! hook runs, and the process exits with 128 + the signal's number. A second
-//! signal ends the process at once (the user insists). Nothing is lost either way:
-//! a backup that does not finish writes no manifest, so it leaves only unreferenced
+//! end the process on the spot, post hook or not. So `backup` and `run` (and
+//! `export`, `get` and `restore`) [`watch`] for these signals: the first one is only
+//! recorded, the workers see it at their next chunk or piece ([`check`]) and fail
+//! with [`Error::Interrupted`], the post hook runs (the file being written is
+//! removed), and the process exits with 128 + the signal's number. A second signal
+//! ends the process at once (the user insists). Nothing is lost either way: a
+//! backup that does not finish writes no manifest, so it leaves only unreferenced
 //! chunks, which gc removes.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
