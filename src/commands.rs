@@ -521,8 +521,7 @@ pub fn run_job(file: &Path, dry_run: bool, json: bool) -> anyhow::Result<ExitCod
         write!(stdout(), "{}", vmback::job::render_report(&report))?;
     }
     Ok(match vmback::interrupt::requested() {
-        // Stopped by a signal: 128 + its number, as a shell reports it.
-        Some(s) => ExitCode::from(u8::try_from(128 + s).unwrap_or(1)),
+        Some(s) => ExitCode::from(vmback::interrupt::exit_status(s)),
         None if report.ok() => ExitCode::SUCCESS,
         None => ExitCode::from(1),
     })

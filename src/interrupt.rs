@@ -74,6 +74,12 @@ pub fn check() -> Result<()> {
     }
 }
 
+/// The exit status of a process stopped by `signal`: 128 + its number, as a shell
+/// reports a process killed by it.
+pub fn exit_status(signal: i32) -> u8 {
+    u8::try_from(128 + signal).unwrap_or(1)
+}
+
 /// A signal's name for messages ("SIGINT").
 pub fn signal_name(signal: i32) -> String {
     signal_hook::low_level::signal_name(signal)

@@ -6,9 +6,9 @@
 //! Reads go through the page cache, as qemu-img's do, except where a caller asks a
 //! [`FileSource`] to bypass it ([`FileSource::bypass_cache`]): a backup reads each
 //! block of a raw, qcow2 or VHDX disk once, so caching it only evicts the host's
-//! working set and costs CPU (see the backup's source). Exports keep the page cache: there O_DIRECT
-//! was measured slower, the kernel's readahead keeping more of the device busy than
-//! a few direct requests in flight.
+//! working set and costs CPU (see the backup's source). Exports keep the page
+//! cache: there O_DIRECT was measured slower, the kernel's readahead keeping more of
+//! the device busy than a few direct requests in flight.
 
 use std::collections::BTreeMap;
 use std::fs::File;

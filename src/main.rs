@@ -41,7 +41,6 @@ fn main() -> ExitCode {
             let usage = e
                 .downcast_ref::<vmback::Error>()
                 .is_some_and(|e| matches!(e, vmback::Error::Usage(_)));
-            // Stopped by a signal: 128 + its number, as a shell reports it.
             let signal = e
                 .chain()
                 .find_map(|c| match c.downcast_ref::<vmback::Error>() {
@@ -49,7 +48,7 @@ fn main() -> ExitCode {
                     _ => None,
                 });
             match signal {
-                Some(s) => ExitCode::from(u8::try_from(128 + s).unwrap_or(1)),
+                Some(s) => ExitCode::from(vmback::interrupt::exit_status(s)),
                 None => ExitCode::from(if usage { 2 } else { 1 }),
             }
         }
@@ -69,8 +68,9 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 /// capture worker reads its chunk synchronously before it hashes and compresses it
 /// (and reads of raw, qcow2 and VHDX sources bypass the page cache, so no kernel
 /// readahead hides their latency), so a core idles whenever its worker waits on the
-/// source unless other workers are ready. Measured on the 2.4 GiB mount-bench disk, full backup,
-/// cold, 2 cores: 3 workers 5.1-5.7 s, 4: 4.3-4.8 s, 6: 3.8-4.3 s, 8: 4.1-4.2 s.
+/// source unless other workers are ready. Measured on the 2.4 GiB mount-bench disk,
+/// full backup, cold, 2 cores: 3 workers 5.1-5.7 s, 4: 4.3-4.8 s, 6: 3.8-4.3 s, 8:
+/// 4.1-4.2 s.
 fn capture_threads(command: &Command) -> Option<usize> {
     match command {
         Command::Backup(_) | Command::Run { .. } => {
@@ -81,7 +81,24 @@ fn capture_threads(command: &Command) -> Option<usize> {
     }
 }
 
+/// Commands that stop cleanly on SIGINT, SIGTERM and SIGHUP (see `interrupt`): a
+/// backup still runs its post hook (a guest is never left frozen), an export, get or
+/// restore removes the file it was writing (it would look complete).
+fn stops_on_signals(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Backup(_)
+            | Command::Run { .. }
+            | Command::Export { .. }
+            | Command::Get { .. }
+            | Command::Restore { .. }
+    )
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if stops_on_signals(&cli.command) {
+        vmback::interrupt::watch().context("watching for SIGINT/SIGTERM/SIGHUP")?;
+    }
     if let Some(n) = cli.threads.or_else(|| capture_threads(&cli.command)) {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
@@ -110,8 +127,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             force,
             json,
         } => {
-            // A stopped export removes its partial output instead of leaving GiBs.
-            vmback::interrupt::watch().context("watching for SIGINT/SIGTERM/SIGHUP")?;
             let opts = ExportOptions {
                 format,
                 subformat,
@@ -193,19 +208,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 human(chunk_size as u64),
             );
         }
-        Command::Backup(args) => {
-            // The post hook must run even when the backup is stopped.
-            vmback::interrupt::watch().context("watching for SIGINT/SIGTERM/SIGHUP")?;
-            return commands::backup(*args);
-        }
+        Command::Backup(args) => return commands::backup(*args),
         Command::Run {
             jobfile,
             dry_run,
             json,
-        } => {
-            vmback::interrupt::watch().context("watching for SIGINT/SIGTERM/SIGHUP")?;
-            return commands::run_job(&jobfile, dry_run, json);
-        }
+        } => return commands::run_job(&jobfile, dry_run, json),
         Command::Snapshots { repo, vm, json } => {
             let repo = repo::Repository::open(&repo)?;
             let list: Vec<_> = repo
@@ -355,8 +363,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             overwrite,
             json,
         } => {
-            // A stopped copy removes the file it was writing (it would look restored).
-            vmback::interrupt::watch().context("watching for SIGINT/SIGTERM/SIGHUP")?;
             let opts = vmback::get::GetOptions { owner, overwrite };
             return commands::get(&image, &paths, pick(&vm, at), &target, &opts, json);
         }
@@ -371,7 +377,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             owner,
             json,
         } => {
-            vmback::interrupt::watch().context("watching for SIGINT/SIGTERM/SIGHUP")?;
             let opts = vmback::get::GetOptions { owner, overwrite };
             return commands::restore(
                 &repo,

@@ -37,6 +37,16 @@ fn backup(repo: &Path, vm: &str, extra: &[&str], sources: &[&Path]) -> Value {
 }
 
 /// SHA-256 of `vmback export REPO PATH`.
+/// Asserts that disk0 of `vm`'s latest restore point exports to the bytes of `disk`.
+fn assert_latest_is(repo: &Path, vm: &str, disk: &Path, scratch: &Path) {
+    assert_eq!(
+        export_sha(repo, &format!("{vm}/latest/disk0"), scratch),
+        sha256_file(disk),
+        "{vm}/latest/disk0 against {}",
+        disk.display()
+    );
+}
+
 fn export_sha(repo: &Path, path: &str, scratch: &Path) -> String {
     let out = scratch.join("export.raw");
     run_ok(
@@ -270,10 +280,7 @@ fn changed_extents_file_reads_only_listed_chunks() {
         (4 * CHUNK..4 * CHUNK + 64 * 1024).contains(&read),
         "{report}"
     );
-    assert_eq!(
-        export_sha(&repo, "db/latest/disk0", dir.path()),
-        sha256_file(&disk)
-    );
+    assert_latest_is(&repo, "db", &disk, dir.path());
 
     // Extents past the end of the disk do not line up: full read, with a warning.
     std::fs::write(
@@ -288,10 +295,7 @@ fn changed_extents_file_reads_only_listed_chunks() {
         report["warnings"][0].as_str().unwrap().contains("outside"),
         "{report}"
     );
-    assert_eq!(
-        export_sha(&repo, "db/latest/disk0", dir.path()),
-        sha256_file(&disk)
-    );
+    assert_latest_is(&repo, "db", &disk, dir.path());
 
     // A resized disk does not line up either.
     f.set_len(65 * MIB).unwrap();
@@ -304,10 +308,7 @@ fn changed_extents_file_reads_only_listed_chunks() {
             .contains("bytes now"),
         "{report}"
     );
-    assert_eq!(
-        export_sha(&repo, "db/latest/disk0", dir.path()),
-        sha256_file(&disk)
-    );
+    assert_latest_is(&repo, "db", &disk, dir.path());
     verify_clean(&repo);
 }
 
@@ -398,10 +399,7 @@ fn a_signal_stops_the_backup_cleanly_and_the_post_hook_still_runs() {
         assert_eq!(snapshot_count(&repo), 0);
         verify_clean(&repo);
         backup(&repo, "sig", &[], &[&disk]);
-        assert_eq!(
-            export_sha(&repo, "sig/latest/disk0", dir.path()),
-            sha256_file(&disk)
-        );
+        assert_latest_is(&repo, "sig", &disk, dir.path());
     }
 }
 
@@ -477,10 +475,7 @@ fn a_source_that_disappears_fails_cleanly() {
     verify_clean(&repo);
     std::fs::write(&disk, seeded_bytes(9, 48 * MIB as usize)).unwrap();
     backup(&repo, "gone", &[], &[&disk]);
-    assert_eq!(
-        export_sha(&repo, "gone/latest/disk0", dir.path()),
-        sha256_file(&disk)
-    );
+    assert_latest_is(&repo, "gone", &disk, dir.path());
 }
 
 /// Unmounts a tmpfs when the test ends, whatever happens.
@@ -533,10 +528,7 @@ fn a_full_repository_disk_fails_cleanly_and_the_next_backup_succeeds() {
     );
     backup(&repo, "big", &[], &[&disk]);
     verify_clean(&repo);
-    assert_eq!(
-        export_sha(&repo, "big/latest/disk0", dir.path()),
-        sha256_file(&disk)
-    );
+    assert_latest_is(&repo, "big", &disk, dir.path());
 }
 
 #[test]
@@ -575,10 +567,7 @@ fn sigkill_at_random_moments_never_leaves_a_bad_restore_point() {
     verify_clean(&repo);
     backup(&repo, "crash", &[], &[&disk]);
     verify_clean(&repo);
-    assert_eq!(
-        export_sha(&repo, "crash/latest/disk0", dir.path()),
-        sha256_file(&disk)
-    );
+    assert_latest_is(&repo, "crash", &disk, dir.path());
 }
 
 #[test]

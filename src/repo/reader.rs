@@ -196,24 +196,19 @@ impl RestorePointDisk {
         };
         let want = self.index.chunk_len(i);
         let offset = i as u64 * self.index.chunk_size as u64;
+        let place = || format!("{}: chunk {i} (disk offset {offset:#x})", self.name);
         let context = |reason: String| Error::Repository {
             location: self.repo.location(),
-            reason: format!(
-                "{}: chunk {i} (disk offset {offset:#x}): {reason}",
-                self.name
-            ),
+            reason: format!("{}: {reason}", place()),
         };
         let load = || {
-            // A missing or damaged chunk stays that kind of error (its exit code and
-            // its hint to run verify), with the disk position added.
+            // A missing or damaged chunk stays that kind of error (so the binary
+            // prints its hint to run verify), with the disk position added.
             let data = self.repo.read_chunk(&id).map_err(|e| match e {
                 Error::NotInRepository { location, key } => Error::Damaged {
                     location,
                     key,
-                    reason: format!(
-                        "{}: chunk {i} (disk offset {offset:#x}) is missing",
-                        self.name
-                    ),
+                    reason: format!("{} is missing", place()),
                 },
                 Error::Damaged {
                     location,
@@ -222,10 +217,7 @@ impl RestorePointDisk {
                 } => Error::Damaged {
                     location,
                     key,
-                    reason: format!(
-                        "{}: chunk {i} (disk offset {offset:#x}): {reason}",
-                        self.name
-                    ),
+                    reason: format!("{}: {reason}", place()),
                 },
                 e => context(e.to_string()),
             })?;
