@@ -12,8 +12,7 @@ use crate::export::{ExportFormat, Subformat};
 #[derive(Debug, Parser)]
 #[command(name = "vmback", version, about, long_about = None, after_help = TOP_HELP)]
 pub struct Cli {
-    /// Worker threads for parallel work (default: all cores; backup and run: three
-    /// per core, so that the cores keep working while workers wait on their reads).
+    /// Worker threads for parallel work (default: one per core).
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
 

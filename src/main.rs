@@ -64,23 +64,6 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-/// Default workers for commands that capture (`backup`, `run`): three per core. A
-/// capture worker reads its chunk synchronously before it hashes and compresses it
-/// (and reads of raw, qcow2 and VHDX sources bypass the page cache, so no kernel
-/// readahead hides their latency), so a core idles whenever its worker waits on the
-/// source unless other workers are ready. Measured on the 2.4 GiB mount-bench disk,
-/// full backup, cold, 2 cores: 3 workers 5.1-5.7 s, 4: 4.3-4.8 s, 6: 3.8-4.3 s, 8:
-/// 4.1-4.2 s.
-fn capture_threads(command: &Command) -> Option<usize> {
-    match command {
-        Command::Backup(_) | Command::Run { .. } => {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            Some(cores * 3)
-        }
-        _ => None,
-    }
-}
-
 /// Commands that stop cleanly on SIGINT, SIGTERM and SIGHUP (see `interrupt`): a
 /// backup still runs its post hook (a guest is never left frozen), an export, get or
 /// restore removes the file it was writing (it would look complete).
@@ -99,7 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if stops_on_signals(&cli.command) {
         vmback::interrupt::watch().context("watching for SIGINT/SIGTERM/SIGHUP")?;
     }
-    if let Some(n) = cli.threads.or_else(|| capture_threads(&cli.command)) {
+    if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
             .build_global()

@@ -32,7 +32,7 @@ const SIGNAL_POLL: Duration = Duration::from_millis(200);
 const ESTIMATE_RATE: u64 = 200 << 20;
 
 /// Worker threads per backup: `threads`, or the global pool's (`--threads`, or
-/// three per core), which the running backups then share.
+/// one per core), which the running backups then share.
 fn threads(job: &Job) -> usize {
     job.limits
         .threads
@@ -139,7 +139,7 @@ pub fn run_job(job: &Job, progress: bool) -> Result<JobReport> {
     let limiter = job.limits.limit_read.map(|r| Arc::new(RateLimiter::new(r)));
     // With `threads`, one pool per slot, kept for the whole job (the backups that
     // follow each other in a slot reuse its workers); without, the global pool
-    // (three workers per core) serves all running backups, as for `vmback backup`.
+    // (one worker per core) serves all running backups, as for `vmback backup`.
     let pools: Vec<Result<Arc<rayon::ThreadPool>>> = match job.limits.threads {
         None => Vec::new(),
         Some(n) => (0..job.limits.max_concurrent)
