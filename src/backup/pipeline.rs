@@ -58,9 +58,7 @@ fn window(pool: Option<&rayon::ThreadPool>, chunk_size: u32) -> usize {
 }
 
 /// Bytes of chunk data one step may hold (more when every worker needs two chunks).
-/// Full of the benchmark disk, interleaved: 16 MiB 6.1-6.7 s, 32 MiB 7.0-7.2 s,
-/// 8 MiB 6.6-6.9 s.
-const STEP_BYTES: usize = 16 << 20;
+const STEP_BYTES: usize = 8 << 20;
 
 /// Largest single read of neighbouring chunks: big enough that the device works on
 /// many requests at once, small enough to keep a `--limit-read` smooth.
@@ -69,9 +67,12 @@ const MAX_READ: u64 = 4 << 20;
 /// Threads reading a step: reads in flight at once. They only wait on the device.
 const READERS: usize = 4;
 
-/// Step buffers: one being loaded while the workers work through up to two earlier
-/// steps, so no worker waits at the end of a step for the slowest chunk of it.
-const STEP_BUFFERS: usize = 3;
+/// Step buffers: one being loaded while the workers work through the earlier ones.
+/// Enough that the workers still have work queued when a read is slow (the device
+/// also writes the chunks back): full of the benchmark disk, interleaved, 3 buffers
+/// of 16 MiB 5.31-6.43 s, 4 of 16 MiB 5.99-6.07 s, 6 of 8 MiB 5.29-5.86 s, 8 of
+/// 4 MiB 5.26-5.79 s.
+const STEP_BUFFERS: usize = 6;
 
 /// Captures `disk` into the repository. `parent` and `changed` (one flag per chunk)
 /// come from change tracking: unflagged chunks are copied from the parent's index.
