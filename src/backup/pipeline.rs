@@ -1,7 +1,7 @@
 //! The capture pipeline of one disk: fixed-size chunks → skip what is unallocated or
 //! unchanged → read → zero detection → BLAKE3 → dedup → zstd → store, in parallel
-//! (rayon) over a bounded window of chunks, so memory stays bounded whatever the
-//! disk size.
+//! (rayon tasks) over a bounded number of steps read ahead, so memory stays bounded
+//! whatever the disk size.
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -392,9 +392,8 @@ struct Plan<'a> {
 impl Plan<'_> {
     /// The next (up to) `step_len` chunks to capture. Chunks change tracking did not
     /// flag are taken over from the parent's index on the way (unless verify found
-    /// the parent's copy damaged), so a step holds only work: an incremental whose
-    /// few changed chunks lie far apart still gives every worker a chunk between
-    /// two barriers.
+    /// the parent's copy damaged), so a step holds only work: the few changed chunks
+    /// of an incremental, far apart, are read a step at a time all the same.
     fn gather(
         &mut self,
         index: &mut DiskIndex,
