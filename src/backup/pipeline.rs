@@ -5,7 +5,8 @@
 
 use std::collections::HashSet;
 use std::ops::Range;
-use std::sync::{mpsc, Arc, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use indicatif::ProgressBar;
@@ -113,7 +114,9 @@ pub fn capture_disk(
     let mut buffers: Vec<Arc<StepData>> = (0..STEP_BUFFERS)
         .map(|_| Arc::new(StepData::new(step_len, chunk_size as usize)))
         .collect();
-    let (done, outcomes) = mpsc::channel::<(usize, Result<Outcome>)>();
+    // One message per step, sent by the task that finishes it last (a message per
+    // chunk woke this thread ten thousand times per full).
+    let (done, outcomes) = mpsc::channel::<Vec<(usize, Result<Outcome>)>>();
     let mut in_flight = 0usize;
     let mut failure: Option<Error> = None;
     // The tasks run on the workers; this thread plans, loads and records, and the
@@ -128,18 +131,26 @@ pub fn capture_disk(
                 if let Some(k) = buffers.iter_mut().position(|b| Arc::get_mut(b).is_some()) {
                     break k;
                 }
-                // OK: a buffer is held only by queued tasks, each of which sends.
-                let (i, outcome) = outcomes.recv().expect("a task holds a buffer");
+                // OK: a buffer is held only by the tasks of a queued step, whose last
+                // task sends.
+                let finished = outcomes.recv().expect("a task holds a buffer");
                 in_flight -= 1;
-                record(&mut index, &mut stats, i, outcome, &mut failure);
+                for (i, outcome) in finished {
+                    record(&mut index, &mut stats, i, outcome, &mut failure);
+                }
             };
             // OK: `position` just found no other holder.
             let step = Arc::get_mut(&mut buffers[slot]).expect("free buffer");
             loader.load(&index, &batch, step)?;
+            in_flight += 1;
+            let finished = Arc::new(StepOutcomes {
+                left: AtomicUsize::new(batch.len()),
+                outcomes: Mutex::new(Vec::with_capacity(batch.len())),
+            });
             for (j, &i) in batch.iter().enumerate() {
                 let (step, done, len) =
                     (Arc::clone(&buffers[slot]), done.clone(), index.chunk_len(i));
-                in_flight += 1;
+                let finished = Arc::clone(&finished);
                 s.spawn(move |_| {
                     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         capture_chunk(cap, &step, j, len)
@@ -153,7 +164,11 @@ pub fn capture_disk(
                     // The buffer is free once every task of its step let go of it.
                     drop(step);
                     cap.progress.inc(len as u64);
-                    let _ = done.send((i, outcome));
+                    let mut all = finished.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+                    all.push((i, outcome));
+                    if finished.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        let _ = done.send(std::mem::take(&mut *all));
+                    }
                 });
             }
             batch = plan.gather(&mut index, &mut stats, cap.progress, step_len);
@@ -161,7 +176,7 @@ pub fn capture_disk(
         }
         Ok(())
     });
-    for (i, outcome) in outcomes.try_iter().take(in_flight) {
+    for (i, outcome) in outcomes.try_iter().take(in_flight).flatten() {
         record(&mut index, &mut stats, i, outcome, &mut failure);
     }
     planned?;
@@ -170,6 +185,12 @@ pub fn capture_disk(
     }
     stats.duration_secs = started.elapsed().as_secs_f64();
     Ok((index, stats))
+}
+
+/// The outcomes of one step's tasks, gathered until the last one is done.
+struct StepOutcomes {
+    left: AtomicUsize,
+    outcomes: Mutex<Vec<(usize, Result<Outcome>)>>,
 }
 
 /// A rayon scope whose closure runs on this thread (outside the pool: it waits on
