@@ -5,7 +5,6 @@
 
 use std::collections::HashSet;
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -144,12 +143,12 @@ pub fn capture_disk(
             loader.load(&index, &batch, step)?;
             in_flight += 1;
             let finished = Arc::new(StepOutcomes {
-                left: AtomicUsize::new(batch.len()),
+                chunks: batch.len(),
                 outcomes: Mutex::new(Vec::with_capacity(batch.len())),
+                done: done.clone(),
             });
             for (j, &i) in batch.iter().enumerate() {
-                let (step, done, len) =
-                    (Arc::clone(&buffers[slot]), done.clone(), index.chunk_len(i));
+                let (step, len) = (Arc::clone(&buffers[slot]), index.chunk_len(i));
                 let finished = Arc::clone(&finished);
                 s.spawn(move |_| {
                     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -164,11 +163,7 @@ pub fn capture_disk(
                     // The buffer is free once every task of its step let go of it.
                     drop(step);
                     cap.progress.inc(len as u64);
-                    let mut all = finished.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-                    all.push((i, outcome));
-                    if finished.left.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        let _ = done.send(std::mem::take(&mut *all));
-                    }
+                    finished.add(i, outcome);
                 });
             }
             batch = plan.gather(&mut index, &mut stats, cap.progress, step_len);
@@ -189,8 +184,21 @@ pub fn capture_disk(
 
 /// The outcomes of one step's tasks, gathered until the last one is done.
 struct StepOutcomes {
-    left: AtomicUsize,
+    /// Tasks of the step.
+    chunks: usize,
     outcomes: Mutex<Vec<(usize, Result<Outcome>)>>,
+    done: mpsc::Sender<Vec<(usize, Result<Outcome>)>>,
+}
+
+impl StepOutcomes {
+    /// Adds the outcome of chunk `i`; the step's last one sends them all.
+    fn add(&self, i: usize, outcome: Result<Outcome>) {
+        let mut all = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        all.push((i, outcome));
+        if all.len() == self.chunks {
+            let _ = self.done.send(std::mem::take(&mut *all));
+        }
+    }
 }
 
 /// A rayon scope whose closure runs on this thread (outside the pool: it waits on
